@@ -1,0 +1,51 @@
+# Treasure Hunt Engine. Targets are the interface; CI runs `make test`.
+SHELL := /bin/bash
+PYTHON_SYS ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help deps venv protos check-protos lint test test-unit up down status demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the pinned dependencies
+
+deps: venv ## venv plus the system servers (redis-server, postgresql) when missing
+	@scripts/ensure_system_deps.sh
+
+protos: venv ## generate Python stubs and .pyi for every proto into gen/
+	@PYTHON=$(PY) scripts/gen_protos.sh gen
+
+check-protos: venv ## fail when gen/ drifted from protos/
+	$(PY) -m pytest -q tests/unit/test_generated_stubs.py
+
+lint: venv ## buf lint (STANDARD) and ruff
+	$(VENV)/bin/buf lint protos
+	$(VENV)/bin/ruff check .
+
+test: deps lint ## the whole suite against real Postgres and Redis servers it starts
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: venv ## unit tests only (no servers)
+	$(PY) -m pytest -q tests/unit
+
+up: deps ## start Postgres, four Redis servers and the four services; print endpoints
+	$(PY) -m tools.stack up
+
+down: venv ## stop exactly what `make up` started
+	$(PY) -m tools.stack down
+
+status: venv ## what the local stack runs (pids)
+	@$(PY) -m tools.stack status
+
+clean: down ## stop the stack and remove run files
+	rm -rf .run

@@ -1,0 +1,203 @@
+"""Settings from the environment, read into frozen dataclasses.
+
+`Env` collects every missing or invalid setting before failing, so one start
+names all of them at once. `ServiceSettings` holds what every service reads
+the same way (listen addresses, tokens, TLS, telemetry, shutdown grace).
+Only a service's `config.py` (and `__main__.py`) call these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_REQUIRED = object()
+
+
+class ConfigError(Exception):
+    """One or more settings are missing or invalid; the message names each."""
+
+
+class Env:
+    """Typed reads of settings that remember every problem until `finish()`."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self._problems: list[str] = []
+
+    def _raw(self, name: str, default: object) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            if default is _REQUIRED:
+                self._problems.append(f"{name} is required but not set")
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: object = _REQUIRED) -> str:
+        value = self._raw(name, default)
+        if value is None:
+            return "" if default is _REQUIRED else str(default)
+        return value
+
+    def int(
+        self,
+        name: str,
+        default: object = _REQUIRED,
+        *,
+        min: int | None = None,
+        max: int | None = None,
+    ) -> int:
+        value = self._raw(name, default)
+        if value is None:
+            return 0 if default is _REQUIRED else int(default)  # type: ignore[call-overload]
+        try:
+            number = int(value)
+        except ValueError:
+            self._problems.append(f"{name} must be an integer, got {value!r}")
+            return 0
+        self._check_range(name, number, min, max)
+        return number
+
+    def float(
+        self,
+        name: str,
+        default: object = _REQUIRED,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+    ) -> float:
+        value = self._raw(name, default)
+        if value is None:
+            return 0.0 if default is _REQUIRED else float(default)  # type: ignore[arg-type]
+        try:
+            number = float(value)
+        except ValueError:
+            self._problems.append(f"{name} must be a number, got {value!r}")
+            return 0.0
+        if not math.isfinite(number):
+            self._problems.append(f"{name} must be finite, got {value!r}")
+            return 0.0
+        self._check_range(name, number, min, max)
+        return number
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._raw(name, default)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        self._problems.append(f"{name} must be true or false, got {value!r}")
+        return default
+
+    def list(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list; empty when unset."""
+        value = self._raw(name, "")
+        if value is None:
+            return ()
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+
+    def _check_range(self, name: str, number: float, low: float | None, high: float | None) -> None:
+        if low is not None and number < low:
+            self._problems.append(f"{name} must be >= {low}, got {number}")
+        if high is not None and number > high:
+            self._problems.append(f"{name} must be <= {high}, got {number}")
+
+    def problem(self, message: str) -> None:
+        """Records a problem found by a check across settings."""
+        self._problems.append(message)
+
+    def finish(self) -> None:
+        """Raises ConfigError naming every problem seen, if any."""
+        if self._problems:
+            lines = "\n".join(f"  - {p}" for p in self._problems)
+            raise ConfigError(f"invalid configuration:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Bearer tokens accepted per role, and the one this service presents to peers."""
+
+    client: tuple[str, ...] = ()
+    service: tuple[str, ...] = ()
+    admin: tuple[str, ...] = ()
+    peer: str = ""
+
+    def __repr__(self) -> str:  # never print a token
+        return (
+            f"Tokens(client={len(self.client)}, service={len(self.service)}, "
+            f"admin={len(self.admin)}, peer={'set' if self.peer else 'unset'})"
+        )
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Certificate files. Server TLS when cert and key are set; mTLS when
+    client_ca_file is set too. ca_file verifies the peers this service calls."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+    ca_file: str = ""
+
+    @property
+    def server_enabled(self) -> bool:
+        return bool(self.cert_file and self.key_file)
+
+    @property
+    def client_enabled(self) -> bool:
+        return bool(self.ca_file)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every service reads the same way. `prefix` is e.g. "SCAN"."""
+
+    grpc_listen: str
+    metrics_listen: str
+    tokens: Tokens
+    tls: TlsSettings
+    otlp_endpoint: str
+    shutdown_grace_s: float
+    startup_timeout_s: float
+    max_message_bytes: int
+    log_level: str
+
+    @classmethod
+    def read(cls, env: Env, prefix: str, grpc_port: int, metrics_port: int) -> ServiceSettings:
+        tls = TlsSettings(
+            cert_file=env.str("TLS_CERT_FILE", ""),
+            key_file=env.str("TLS_KEY_FILE", ""),
+            client_ca_file=env.str("TLS_CLIENT_CA_FILE", ""),
+            ca_file=env.str("TLS_CA_FILE", ""),
+        )
+        if bool(tls.cert_file) != bool(tls.key_file):
+            env.problem("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if tls.client_ca_file and not tls.server_enabled:
+            env.problem("TLS_CLIENT_CA_FILE (mTLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return cls(
+            grpc_listen=env.str(f"{prefix}_GRPC_LISTEN", f"127.0.0.1:{grpc_port}"),
+            metrics_listen=env.str(f"{prefix}_METRICS_LISTEN", f"127.0.0.1:{metrics_port}"),
+            tokens=Tokens(
+                client=env.list("AUTH_CLIENT_TOKENS"),
+                service=env.list("AUTH_SERVICE_TOKENS"),
+                admin=env.list("AUTH_ADMIN_TOKENS"),
+                peer=env.str("AUTH_PEER_TOKEN", ""),
+            ),
+            tls=tls,
+            otlp_endpoint=env.str("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+            shutdown_grace_s=env.float("SHUTDOWN_GRACE_S", 10.0, min=0, max=600),
+            startup_timeout_s=env.float("STARTUP_TIMEOUT_S", 60.0, min=0, max=3600),
+            max_message_bytes=env.int("GRPC_MAX_MESSAGE_BYTES", 1 << 20, min=4096, max=64 << 20),
+            log_level=env.str("LOG_LEVEL", "INFO").upper(),
+        )
+
+    def require_peer_token(self, env: Env) -> None:
+        """For services that call others: the token they present must be set."""
+        if not self.tokens.peer:
+            env.problem(
+                "AUTH_PEER_TOKEN is required but not set (the token this service presents to its peers)"
+            )

@@ -1,0 +1,67 @@
+"""Kinds of failure a service raises, independent of the transport.
+
+Services raise these (or subclasses with their own names); `libs.rpc` turns
+them into canonical gRPC status codes with `google.rpc` details at the edge.
+Each carries a stable `reason` for clients that must branch on the cause.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a service reports to its caller."""
+
+    reason: str = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(ServiceError):
+    """A request field breaks its rule. `field` names it (dotted path)."""
+
+    reason = "INVALID_FIELD"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(ServiceError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(ServiceError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ServiceError):
+    reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ServiceError):
+    """Too much of something; retry after `retry_after_s` seconds when set."""
+
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(ServiceError):
+    """A dependency or state is not ready; retry after `retry_after_s` when set."""
+
+    reason = "UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,255 @@
+"""Local Redis and Postgres servers for the local stack (`make up`) and tests.
+
+Redis servers start from a service's pinned config file; only the port, the
+working directory and (for a cluster) the cluster settings are overridden.
+Postgres is found or made: an explicit DSN; else the server on
+127.0.0.1:5432; else a private cluster under a run folder, created with
+`initdb` as the `postgres` user (initdb refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+
+class InfraError(Exception):
+    """A local server cannot be had; the message says what to install or do."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_binary(name: str, hint: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        for candidate in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+            return candidate
+        raise InfraError(f"{name} not found: {hint}")
+    return found
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM `pid`, then SIGKILL after `timeout_s`; quiet if already gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # reap it if it is our child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process started from `config_file`."""
+
+    config_file: Path
+    port: int
+    workdir: Path
+    extra_args: tuple[str, ...] = ()
+    detach: bool = False
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        binary = find_binary("redis-server", "install it with `apt-get install redis-server`")
+        return [
+            binary, str(self.config_file.resolve()),
+            "--port", str(self.port), "--dir", str(self.workdir.resolve()),
+            "--logfile", str((self.workdir / "redis.log").resolve()),
+            "--bind", "127.0.0.1", *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=self.detach,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _port_open(self.port):
+            if self.process.poll() is not None:
+                log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
+                raise InfraError(f"redis-server on {self.port} exited: {log}")
+            if time.monotonic() > deadline:
+                raise InfraError(f"redis-server on {self.port} did not start in {timeout_s:g}s")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_pid(self.process.pid)
+            self.process = None
+
+
+@dataclass
+class RedisCluster:
+    """`masters` redis-server processes in cluster mode, joined into one cluster."""
+
+    config_file: Path
+    workdir: Path
+    masters: int = 3
+    ports: list[int] = field(default_factory=list)
+    detach: bool = False
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout_s: float = 20.0) -> RedisCluster:
+        ports = self.ports or [free_port() for _ in range(self.masters)]
+        for port in ports:
+            node_dir = self.workdir / str(port)
+            node = RedisServer(
+                self.config_file, port, node_dir,
+                extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                            "--cluster-node-timeout", "2000"),
+                detach=self.detach,
+            )  # fmt: skip
+            self.nodes.append(node.start())
+        cli = find_binary("redis-cli", "install it with `apt-get install redis-tools`")
+        subprocess.run(
+            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = subprocess.run(
+                [cli, "-p", str(ports[0]), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
+            if "cluster_state:ok" in out:
+                return self
+            if time.monotonic() > deadline:
+                raise InfraError(f"redis cluster on {ports} did not become ok: {out}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes.clear()
+
+
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_answers(dsn: str) -> bool:
+    import asyncio
+
+    async def probe() -> bool:
+        try:
+            connection = await asyncpg.connect(dsn, timeout=2)
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return False
+        await connection.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+@dataclass
+class PrivatePostgres:
+    """A Postgres cluster of our own under `datadir`, run as the `postgres` user."""
+
+    datadir: Path
+    port: int
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, args: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *args]
+        return args
+
+    def start(self) -> PrivatePostgres:
+        hint = (
+            "install PostgreSQL (`apt-get install postgresql`) or set PG_DSN to a server you have"
+        )
+        initdb = find_binary("initdb", hint)
+        pg_ctl = find_binary("pg_ctl", hint)
+        self.datadir.parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir.parent, "postgres")
+        if not (self.datadir / "PG_VERSION").exists():
+            subprocess.run(
+                self._as_postgres([initdb, "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "--no-sync"]),
+                check=True, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off"
+        subprocess.run(
+            self._as_postgres([pg_ctl, "-D", str(self.datadir), "-o", options, "-l", str(self.datadir / "log"), "-w", "start"]),
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        pg_ctl = find_binary("pg_ctl", "")
+        subprocess.run(
+            self._as_postgres([pg_ctl, "-D", str(self.datadir), "-m", "fast", "-w", "stop"]),
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+
+def find_postgres(
+    explicit_dsn: str, run_dir: Path, port: int = 55432
+) -> tuple[str, PrivatePostgres | None]:
+    """An admin DSN of a Postgres that answers, and the private cluster if one was started."""
+    if explicit_dsn:
+        if not _pg_answers(explicit_dsn):
+            raise InfraError(f"PG_DSN is set but Postgres does not answer at {explicit_dsn}")
+        return explicit_dsn, None
+    if _pg_answers(DEFAULT_PG_DSN):
+        return DEFAULT_PG_DSN, None
+    private = PrivatePostgres(run_dir / "pgdata", port)
+    if _pg_answers(private.dsn):
+        return private.dsn, None  # ours, left running by an earlier start
+    private.start()
+    return private.dsn, private

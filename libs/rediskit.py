@@ -1,0 +1,123 @@
+"""Redis clients from a URL, and the contract check every service runs at start.
+
+`redis://host:port/db` (or `rediss://`) gives a standalone client;
+`redis+cluster://host:port` (or `rediss+cluster://`) gives a Redis Cluster
+client that discovers the other nodes from that one.
+
+The contract (DESIGN.md's Redis table) is what a service needs from its Redis:
+an eviction policy that fits its data, `maxmemory` set, and no persistence
+where it should have none. A service refuses to start on a Redis that breaks
+it, with a message naming the setting that points at that Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import RedisError
+
+AnyRedis = Redis | RedisCluster
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class ContractError(Exception):
+    """The Redis a service was pointed at breaks the service's contract."""
+
+
+@dataclass(frozen=True)
+class RedisContract:
+    #: The required `maxmemory-policy`.
+    policy: str
+    #: Whether RDB snapshots or AOF may be on. Caches here keep nothing on disk.
+    persistence: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def connect(url: str, *, max_connections: int = 64, socket_timeout: float = 1.0) -> AnyRedis:
+    """A client for `url` (not yet connected; the first command connects)."""
+    scheme, sep, rest = url.partition("://")
+    common = dict(
+        decode_responses=True,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+    )
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(
+            f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", max_connections=max_connections, **common
+        )
+    return Redis.from_url(url, max_connections=max_connections, health_check_interval=30, **common)
+
+
+async def wait_for(client: AnyRedis, timeout_s: float) -> None:
+    """Returns once `client` answers PING; raises the last error after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            await client.ping()
+            return
+        except (RedisError, OSError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise ContractError(f"redis did not answer within {timeout_s:g}s: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _config(client: AnyRedis, node: ClusterNode | None) -> dict[str, str]:
+    kwargs = {"target_nodes": node} if node is not None else {}
+    result: dict[str, str] = {}
+    for pattern in ("maxmemory", "maxmemory-policy", "save", "appendonly"):
+        reply = await client.config_get(pattern, **kwargs)
+        result.update(reply)
+    return result
+
+
+async def check_contract(client: AnyRedis, contract: RedisContract, setting: str) -> None:
+    """Raises ContractError, naming `setting`, when any master breaks the contract."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        targets: list[ClusterNode | None] = list(client.get_primaries())
+    else:
+        targets = [None]
+    problems: list[str] = []
+    for node in targets:
+        where = f" on {node.name}" if node is not None else ""
+        config = await _config(client, node)
+        if int(config.get("maxmemory", "0")) <= 0:
+            problems.append(f"maxmemory is not set{where} (it must be bounded)")
+        policy = config.get("maxmemory-policy", "")
+        if policy != contract.policy:
+            problems.append(f"maxmemory-policy is {policy!r}{where}, must be {contract.policy!r}")
+        if not contract.persistence:
+            if config.get("save", ""):
+                problems.append(
+                    f"RDB snapshots are on (save {config['save']!r}){where}, must be off"
+                )
+            if config.get("appendonly", "no") != "no":
+                problems.append(f"AOF is on{where}, must be off")
+    if problems:
+        raise ContractError(
+            f"the Redis at {setting} breaks this service's contract: " + "; ".join(problems)
+        )
+
+
+async def memory(client: AnyRedis) -> tuple[int, int]:
+    """(used_memory, maxmemory) summed over every master."""
+    info = await client.info("memory")
+    if isinstance(client, RedisCluster):
+        values = (
+            list(info.values()) if info and isinstance(next(iter(info.values())), dict) else [info]
+        )
+    else:
+        values = [info]
+    used = sum(int(v.get("used_memory", 0)) for v in values)
+    limit = sum(int(v.get("maxmemory", 0)) for v in values)
+    return used, limit

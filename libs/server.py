@@ -1,0 +1,282 @@
+"""Server bootstrap: what every service does to start, serve and stop.
+
+A service's `__main__.py` builds a `Runtime`, asks it for Postgres, Redis and
+peer channels (each checked and closed in order), starts background loops,
+then `serve()`s its servicer. `Runtime` owns the order of shutdown:
+
+    SIGTERM/SIGINT -> health NOT_SERVING -> in-flight calls finish within the
+    grace period -> background loops stop -> channels, Redis and pools close
+    -> spans flushed.
+
+`main()` is the process entry point: config errors exit 2 naming every
+setting, a start-up failure (e.g. a Redis breaking the contract) exits 1 with
+a clear message, a clean shutdown exits 0. grpc.aio runs on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import grpc
+import uvloop
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from libs import pg, rediskit
+from libs.auth import Authenticator, Role
+from libs.channels import open_channel
+from libs.config import ConfigError, ServiceSettings
+from libs.logs import setup_logging
+from libs.metrics import Metrics
+from libs.rpc import ServiceInterceptor
+from libs.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A servicer and how to serve it: its descriptor, the generated `add_*`
+    function, and the roles each of its methods accepts (by short name)."""
+
+    descriptor: ServiceDescriptor
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    roles: Mapping[str, frozenset[Role]]
+
+    def full_roles(self) -> dict[str, frozenset[Role]]:
+        methods = {m.name for m in self.descriptor.methods}
+        missing = methods - set(self.roles)
+        extra = set(self.roles) - methods
+        if missing or extra:
+            raise StartupError(
+                f"{self.descriptor.full_name}: roles must be declared for every method "
+                f"(missing {sorted(missing)}, unknown {sorted(extra)})"
+            )
+        return {f"/{self.descriptor.full_name}/{name}": roles for name, roles in self.roles.items()}
+
+
+class Runtime:
+    """Everything one running service opened, closed in the right order."""
+
+    def __init__(
+        self, service: str, settings: ServiceSettings, *, telemetry: Telemetry | None = None
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.telemetry = telemetry or Telemetry(f"treasure-{service}", settings.otlp_endpoint)
+        self.metrics = Metrics(service)
+        self.port = 0
+        self.metrics_port = 0
+        self._resources = contextlib.AsyncExitStack()
+        self._background: list[asyncio.Task[None]] = []
+        self._background_factories: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._probes: list[Callable[[], Awaitable[object]]] = []
+        self._service_name = ""
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- dependencies -------------------------------------------------------
+
+    async def postgres(
+        self,
+        dsn: str,
+        schema: str,
+        migrations: Path | None,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+    ) -> asyncpg.Pool:
+        """A pool on `dsn` once Postgres answers, with `schema` migrated."""
+        try:
+            await pg.wait_for(dsn, self.settings.startup_timeout_s)
+        except Exception as exc:
+            raise StartupError(f"postgres is not reachable for {schema}: {exc}") from exc
+        pool = await pg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        self._resources.push_async_callback(pool.close)
+        if migrations is not None:
+            await pg.migrate(pool, schema, migrations)
+        self._probes.append(lambda: pool.fetchval("SELECT 1"))
+        return pool
+
+    async def redis(
+        self, url: str, contract: rediskit.RedisContract, setting: str
+    ) -> rediskit.AnyRedis:
+        """A client on `url` once it answers and keeps `contract`."""
+        client = rediskit.connect(url)
+        self._resources.push_async_callback(client.aclose)
+        try:
+            await rediskit.wait_for(client, self.settings.startup_timeout_s)
+            await rediskit.check_contract(client, contract, setting)
+        except rediskit.ContractError as exc:
+            raise StartupError(str(exc)) from exc
+        self._probes.append(client.ping)
+        return client
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to a peer service, closed at shutdown after the server stops."""
+        channel = open_channel(target, self.settings, self.telemetry.client_interceptors())
+        self._resources.push_async_callback(channel.close)
+        return channel
+
+    def background(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """A loop started once the service serves and cancelled at shutdown."""
+        self._background_factories.append((name, run))
+
+    # -- serving ------------------------------------------------------------
+
+    async def serve(self, binding: Binding) -> int:
+        """Starts the gRPC server, waits for the dependencies, then SERVING."""
+        settings = self.settings
+        interceptors = [
+            self.telemetry.server_interceptor(),
+            ServiceInterceptor(
+                Authenticator(settings.tokens),
+                binding.full_roles(),
+                self.metrics,
+                binding.descriptor.full_name,
+            ),
+        ]
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_concurrent_streams", 1000),
+            ],
+        )
+        binding.add_to_server(binding.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._service_name = binding.descriptor.full_name
+        reflection.enable_server_reflection(
+            [
+                self._service_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.port = _bind(server, settings)
+        self._server = server
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self.metrics_port = self.metrics.serve(settings.metrics_listen)
+        for probe in self._probes:
+            await probe()
+        for name, run in self._background_factories:
+            self._background.append(asyncio.create_task(_supervised(name, run), name=name))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"grpc_port": self.port, "grpc_service": self._service_name})
+        return self.port
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", self._service_name):
+            await self._health.set(name, status)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(self.settings.shutdown_grace_s)
+            self._server = None
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self._resources.aclose()
+        self.metrics.close()
+        await asyncio.to_thread(self.telemetry.shutdown)
+
+
+async def _supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Runs a background loop; restarts it after an unexpected error."""
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a loop must not die silently: log it and start again
+            log.exception("background loop %s failed; restarting in 1s", name)
+            await asyncio.sleep(1.0)
+
+
+def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
+    tls = settings.tls
+    if tls.server_enabled:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+            root_certificates=Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None,
+            require_client_auth=bool(tls.client_ca_file),
+        )
+        port = server.add_secure_port(settings.grpc_listen, credentials)
+    else:
+        port = server.add_insecure_port(settings.grpc_listen)
+    if port == 0:
+        raise StartupError(f"cannot listen on {settings.grpc_listen} (in use?)")
+    return port
+
+
+class _HasCommon(Protocol):
+    common: ServiceSettings
+
+
+C = TypeVar("C", bound=_HasCommon)
+
+
+def main(
+    service: str,
+    load_config: Callable[[Mapping[str, str]], C],
+    running: Callable[[C], AbstractAsyncContextManager[Runtime]],
+) -> None:
+    """The process entry point of a service (`python -m services.<service>`)."""
+    try:
+        config = load_config(os.environ)
+    except ConfigError as exc:
+        print(f"treasure-{service}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(f"treasure-{service}", config.common.log_level)
+    sys.exit(uvloop.run(_serve(service, config, running)))
+
+
+async def _serve(
+    service: str, config: C, running: Callable[[C], AbstractAsyncContextManager[Runtime]]
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running(config):
+            await stop.wait()
+            log.info("shutting down")
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"treasure-{service}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

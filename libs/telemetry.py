@@ -1,0 +1,86 @@
+"""Tracing: one TracerProvider per service process.
+
+Spans are always created (so trace ids exist for logs and for the
+`x-trace-id` trailer); they are exported with OTLP/gRPC only when an endpoint
+is configured. The standard OTEL_TRACES_SAMPLER settings choose sampling.
+Redis (`redis.asyncio`) and asyncpg are instrumented process-wide, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlparse
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    filters,
+)
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+log = logging.getLogger(__name__)
+
+_TRACED = filters.service_prefix("treasure.")
+
+
+class Telemetry:
+    """The tracer provider of a service and the interceptors built on it."""
+
+    def __init__(
+        self, service_name: str, otlp_endpoint: str = "", exporter: SpanExporter | None = None
+    ) -> None:
+        self.service_name = service_name
+        self.provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+        if exporter is None and otlp_endpoint:
+            exporter = _otlp_exporter(otlp_endpoint)
+        if exporter is not None:
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+            log.info("exporting spans", extra={"otlp_endpoint": otlp_endpoint or "custom"})
+        self.tracer = self.provider.get_tracer(service_name)
+        _instrument_libraries(self.provider)
+
+    def server_interceptor(self):
+        """Server spans for our own services; health checks and reflection are
+        not traced (they are noise, and the interceptor cannot wrap the
+        health servicer's streaming Watch)."""
+        return aio_server_interceptor(tracer_provider=self.provider, filter_=_TRACED)
+
+    def client_interceptors(self) -> list:
+        return list(aio_client_interceptors(tracer_provider=self.provider))
+
+    def shutdown(self) -> None:
+        """Flushes and stops export. Blocking: call it off the event loop."""
+        self.provider.shutdown()
+
+
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    insecure = parsed.scheme != "https"
+    return OTLPSpanExporter(endpoint=f"{parsed.hostname}:{parsed.port or 4317}", insecure=insecure)
+
+
+_instrumented = False
+
+
+def _instrument_libraries(provider: TracerProvider) -> None:
+    """Redis and asyncpg instrumentation patch their libraries process-wide; the
+    first provider wins (a process runs one service outside tests)."""
+    global _instrumented
+    if _instrumented:
+        return
+    _instrumented = True
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    AsyncPGInstrumentor().instrument(tracer_provider=provider)
+
+
+def current_trace_id() -> str:
+    """The current trace id as 32 hex digits, or "" outside a span."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

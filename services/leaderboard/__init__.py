@@ -1,0 +1,1 @@
+"""The leaderboard service (DESIGN.md, "leaderboard")."""

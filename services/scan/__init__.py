@@ -1,0 +1,1 @@
+"""The scan service (DESIGN.md, "scan")."""

@@ -1,0 +1,1 @@
+"""The score service (DESIGN.md, "score")."""

@@ -1,0 +1,124 @@
+"""Suite-wide fixtures: a throwaway Postgres database per test (cloned from a
+migrated template), one Redis server per service started from the repo's
+pinned configs (flushed before each test), and a check that no test leaves an
+unhandled exception on the event loop. Servers are started, never skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from libs import pg
+from libs.localinfra import RedisServer, find_postgres, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_DIR = REPO / ".run" / "test"
+SERVICES_WITH_PG = ("scan", "score", "geo")
+SERVICES = ("scan", "score", "leaderboard", "geo")
+
+
+def migrations_of(service: str) -> Path:
+    return REPO / "services" / service / "migrations"
+
+
+def dsn_for(admin_dsn: str, database: str) -> str:
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    dsn, private = find_postgres(os.environ.get("PG_DSN", ""), RUN_DIR)
+    yield dsn
+    if private is not None:
+        private.stop()
+
+
+async def _drop(admin_dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_template(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A database with every service's migrations applied, cloned per test."""
+    name = f"thtest_tpl_{os.getpid()}"
+    connection = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    pool = await pg.create_pool(dsn_for(pg_admin_dsn, name), min_size=1, max_size=2)
+    try:
+        for service in SERVICES_WITH_PG:
+            await pg.migrate(pool, service, migrations_of(service))
+    finally:
+        await pool.close()
+    yield name
+    await _drop(pg_admin_dsn, name)
+
+
+@pytest.fixture
+async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test; dropped afterwards."""
+    name = f"thtest_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    finally:
+        await connection.close()
+    yield dsn_for(pg_admin_dsn, name)
+    await _drop(pg_admin_dsn, name)
+
+
+@pytest.fixture(scope="session")
+def redis_servers() -> Iterator[dict[str, RedisServer]]:
+    """One Redis per service, from services/<name>/redis.conf, on free ports."""
+    servers: dict[str, RedisServer] = {}
+    try:
+        for service in SERVICES:
+            server = RedisServer(
+                REPO / "services" / service / "redis.conf",
+                free_port(),
+                RUN_DIR / f"redis-{service}-{os.getpid()}",
+            )
+            servers[service] = server.start()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture
+async def redis_urls(redis_servers: dict[str, RedisServer]) -> dict[str, str]:
+    """The per-service Redis URLs, each flushed for this test."""
+    for server in redis_servers.values():
+        client = aioredis.Redis.from_url(server.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+    return {name: server.url for name, server in redis_servers.items()}
+
+
+@pytest.fixture(autouse=True)
+async def _no_unhandled_loop_errors() -> AsyncIterator[None]:
+    """An exception nobody handled on the loop fails the test that caused it."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    yield
+    loop.set_exception_handler(previous)
+    assert not seen, f"unhandled exceptions on the event loop: {seen}"

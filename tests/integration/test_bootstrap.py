@@ -1,0 +1,211 @@
+"""The server bootstrap every service shares: auth, error mapping, health,
+reflection, trace-id trailer and graceful shutdown, on a real grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import signal
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
+
+from libs.config import Env, ServiceSettings
+from libs.errors import InvalidArgument
+from libs.logs import JsonFormatter
+from libs.server import Binding, Runtime
+from services.geo.server import ROLES
+from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer, service_env
+from tests.support.services import spawn, wait_serving
+
+
+class FakeGeo(geo_pb2_grpc.GeoServiceServicer):
+    """Only the transport is under test here; the real geo has its own tests."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def CheckIn(self, request, context):
+        return geo_pb2.CheckInResponse(distance_m=1.0)
+
+    async def GetHunt(self, request, context):  # a slow call, for shutdown
+        self.entered.set()
+        await self.release.wait()
+        return geo_pb2.GetHuntResponse(hunt=geo_pb2.Hunt(hunt_id=request.hunt_id))
+
+    async def CreateHunt(self, request, context):
+        raise InvalidArgument("hunt.name", "is required")
+
+    async def ListHunts(self, request, context):
+        raise RuntimeError(f"boom with {CLIENT_TOKEN} inside")
+
+
+def settings() -> ServiceSettings:
+    env = Env(service_env("GEO"))
+    result = ServiceSettings.read(env, "GEO", 0, 0)
+    env.finish()
+    return result
+
+
+@pytest.fixture
+async def served():
+    servicer = FakeGeo()
+    runtime = Runtime("geo", settings())
+    binding = Binding(
+        geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
+        geo_pb2_grpc.add_GeoServiceServicer_to_server,
+        servicer,
+        ROLES,
+    )
+    port = await runtime.serve(binding)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield runtime, servicer, channel
+    servicer.release.set()
+    await channel.close()
+    await runtime.close()
+
+
+@pytest.fixture
+def log_lines():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("treasure-test"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+async def _code(call) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_auth_statuses(served, log_lines):
+    _, _, channel = served
+    stub = geo_pb2_grpc.GeoServiceStub(channel)
+    request = geo_pb2.CheckInRequest()
+    assert await _code(stub.CheckIn(request)) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        await _code(stub.CheckIn(request, metadata=bearer("wrong-token")))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        await _code(stub.CheckIn(request, metadata=(("authorization", "Basic x"),)))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        await _code(stub.CheckIn(request, metadata=bearer(CLIENT_TOKEN)))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await _code(stub.CheckIn(request, metadata=bearer(ADMIN_TOKEN)))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert await _code(stub.CheckIn(request, metadata=bearer(SERVICE_TOKEN))) == grpc.StatusCode.OK
+    assert await _code(stub.PutTile(geo_pb2.PutTileRequest(), metadata=bearer(CLIENT_TOKEN))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # An unexpected exception is INTERNAL, logged with the trace id, and leaks nothing.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListHunts(geo_pb2.ListHuntsRequest(), metadata=bearer(CLIENT_TOKEN))
+    assert err.value.code() == grpc.StatusCode.INTERNAL and "boom" not in (
+        err.value.details() or ""
+    )
+    logged = log_lines.getvalue()
+    assert "unhandled error" in logged and '"trace_id"' in logged
+    for token in ("wrong-token", SERVICE_TOKEN, ADMIN_TOKEN):
+        assert token not in logged
+
+
+async def test_domain_errors_become_statuses_with_details(served):
+    _, _, channel = served
+    stub = geo_pb2_grpc.GeoServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateHunt(geo_pb2.CreateHuntRequest(), metadata=bearer(ADMIN_TOKEN))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "hunt.name: is required"
+    trailers = dict(err.value.trailing_metadata())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details)
+    assert bad.field_violations[0].field == "hunt.name"
+    assert len(trailers["x-trace-id"]) == 32
+
+
+async def test_trace_id_trailer_on_success(served):
+    _, _, channel = served
+    call = geo_pb2_grpc.GeoServiceStub(channel).CheckIn(
+        geo_pb2.CheckInRequest(), metadata=bearer(SERVICE_TOKEN)
+    )
+    await call
+    trailers = dict(await call.trailing_metadata())
+    assert len(trailers["x-trace-id"]) == 32 and int(trailers["x-trace-id"], 16) != 0
+
+
+async def test_health_and_reflection_need_no_token(served):
+    runtime, _, channel = served
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="treasure.geo.v1.GeoService"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    names = [s.name async for r in responses for s in r.list_services_response.service]
+    assert "treasure.geo.v1.GeoService" in names and "grpc.health.v1.Health" in names
+
+
+async def test_graceful_shutdown_finishes_in_flight_calls(served):
+    runtime, servicer, channel = served
+    stub = geo_pb2_grpc.GeoServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+    in_flight = asyncio.ensure_future(
+        stub.GetHunt(geo_pb2.GetHuntRequest(hunt_id="h1"), metadata=bearer(CLIENT_TOKEN))
+    )
+    await servicer.entered.wait()
+    closing = asyncio.ensure_future(runtime.close())
+    assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    servicer.release.set()
+    reply = await in_flight
+    assert reply.hunt.hunt_id == "h1"
+    await closing
+
+
+async def test_sigterm_on_a_real_process_exits_0(tmp_path, pg_dsn, redis_urls):
+    env = service_env("GEO", GEO_PG_DSN=pg_dsn, GEO_REDIS_URL=redis_urls["geo"])
+    from libs.localinfra import free_port
+
+    port = free_port()
+    env["GEO_GRPC_LISTEN"] = f"127.0.0.1:{port}"
+    process = spawn("geo", env, tmp_path / "geo.log")
+    try:
+        await wait_serving(f"127.0.0.1:{port}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="")
+            )
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            process.send_signal(signal.SIGTERM)
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        code = await asyncio.to_thread(process.wait, 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 0, (tmp_path / "geo.log").read_text()
+    assert '"msg": "shutting down"' in (tmp_path / "geo.log").read_text()

@@ -1,0 +1,106 @@
+"""Each service's pinned Redis config keeps DESIGN.md's contract, and each
+service refuses to start on a Redis that breaks it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import redis.asyncio as aioredis
+
+from libs.localinfra import RedisServer, free_port
+from services.geo.cache import CONTRACT as GEO
+from services.leaderboard.cache import CONTRACT as LEADERBOARD
+from services.scan.cache import CONTRACT as SCAN
+from services.score.cache import CONTRACT as SCORE
+from tests.conftest import REPO
+from tests.support.env import service_env
+
+# DESIGN.md, "Redis: one per service": the policy of each.
+DESIGN_POLICY = {
+    "scan": "allkeys-lru",
+    "score": "allkeys-lru",
+    "leaderboard": "noeviction",
+    "geo": "allkeys-lru",
+}
+CONTRACTS = {"scan": SCAN, "score": SCORE, "leaderboard": LEADERBOARD, "geo": GEO}
+DEFAULT_PORTS = {"scan": 6381, "score": 6382, "leaderboard": 6383, "geo": 6384}
+
+
+@pytest.mark.parametrize("service", sorted(DESIGN_POLICY))
+async def test_config_file_keeps_the_contract(service, tmp_path):
+    config_file = REPO / "services" / service / "redis.conf"
+    assert f"port {DEFAULT_PORTS[service]}" in config_file.read_text()
+    server = RedisServer(config_file, free_port(), tmp_path).start()
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        config = await client.config_get("*")
+        assert config["maxmemory-policy"] == DESIGN_POLICY[service] == CONTRACTS[service].policy
+        assert int(config["maxmemory"]) > 0
+        assert config["save"] == ""
+        assert config["appendonly"] == "no"
+        assert not CONTRACTS[service].persistence
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+def test_service_refuses_a_redis_with_the_wrong_policy(tmp_path, pg_dsn):
+    server = RedisServer(
+        REPO / "services" / "geo" / "redis.conf",
+        free_port(),
+        tmp_path,
+        extra_args=("--maxmemory-policy", "noeviction"),
+    ).start()
+    try:
+        env = service_env("GEO", GEO_PG_DSN=pg_dsn, GEO_REDIS_URL=server.url)
+        done = subprocess.run(
+            [sys.executable, "-m", "services.geo"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    assert "GEO_REDIS_URL" in done.stderr
+    assert "maxmemory-policy is 'noeviction'" in done.stderr and "'allkeys-lru'" in done.stderr
+
+
+def test_service_refuses_a_redis_without_maxmemory_or_with_persistence(tmp_path, pg_dsn):
+    server = RedisServer(
+        REPO / "services" / "geo" / "redis.conf",
+        free_port(),
+        tmp_path,
+        extra_args=("--maxmemory", "0", "--appendonly", "yes"),
+    ).start()
+    try:
+        env = service_env("GEO", GEO_PG_DSN=pg_dsn, GEO_REDIS_URL=server.url)
+        done = subprocess.run(
+            [sys.executable, "-m", "services.geo"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    assert "maxmemory is not set" in done.stderr and "AOF is on" in done.stderr
+
+
+def test_missing_settings_exit_2_naming_them():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.scan"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "SCAN_PG_DSN is required" in done.stderr and "SCAN_REDIS_URL is required" in done.stderr

@@ -1,0 +1,1 @@
+"""Test support: real servers (Postgres, Redis, our services) for the suite."""

@@ -1,0 +1,1 @@
+"""Operator tools: the local stack (`make up`/`make down`) and `huntctl`."""
