@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from libs import errors
 from libs.auth import bearer_interceptors
 from libs.config import ServiceSettings
 
@@ -67,3 +68,44 @@ def open_channel(
             target, credentials, options=options, interceptors=all_interceptors
         )
     return grpc.aio.insecure_channel(target, options=options, interceptors=all_interceptors)
+
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+def peer_error(peer: str, err: grpc.aio.AioRpcError) -> errors.ServiceError:
+    """What a failed call to a peer means to the caller, as a `libs.errors` kind.
+
+    Transient failures (the peer down, slow, or broken) are `Unavailable`: the
+    caller may retry. RESOURCE_EXHAUSTED stays that. Anything else is a bug in
+    how we called the peer and surfaces as FailedPrecondition with the peer's
+    message, never as the peer's INVALID_ARGUMENT (whose field names are not
+    the caller's).
+    """
+    code = err.code()
+    message = f"{peer}: {code.name.lower()}: {err.details() or ''}"
+    if code in _RETRYABLE:
+        return errors.Unavailable(message, retry_after_s=1.0, reason="PEER_UNAVAILABLE")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.ResourceExhausted(message, retry_after_s=1.0, reason="PEER_EXHAUSTED")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(message)
+    return errors.FailedPrecondition(message, reason="PEER_REJECTED")
+
+
+def remaining(context: grpc.aio.ServicerContext | None, default_s: float, margin_s: float = 0.02) -> float:
+    """A deadline for a downstream call: `default_s`, shortened to what is left
+    of the incoming call's deadline (minus a margin), never below 1 ms."""
+    if context is None:
+        return default_s
+    left = context.time_remaining()
+    if left is None:
+        return default_s
+    return max(0.001, min(default_s, left - margin_s))

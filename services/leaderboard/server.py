@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
-
 from libs.auth import ADMIN, INTERNAL, PUBLIC
 from libs.server import Binding
+from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
 
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.
 ROLES = {

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
-
 from libs.auth import PUBLIC
 from libs.server import Binding
+from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.
 ROLES = {

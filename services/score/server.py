@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from treasure.score.v1 import score_pb2, score_pb2_grpc
-
 from libs.auth import INTERNAL, PUBLIC
 from libs.server import Binding
+from treasure.score.v1 import score_pb2, score_pb2_grpc
 
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.
 ROLES = {

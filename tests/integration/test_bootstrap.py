@@ -12,7 +12,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
 from libs.config import Env, ServiceSettings
 from libs.errors import InvalidArgument
@@ -21,6 +20,7 @@ from libs.server import Binding, Runtime
 from services.geo.server import ROLES
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer, service_env
 from tests.support.services import spawn, wait_serving
+from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
 
 class FakeGeo(geo_pb2_grpc.GeoServiceServicer):

@@ -1,0 +1,54 @@
+"""How other services call the leaderboard: `submit_scores` (score's outbox relay)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from libs.channels import peer_error
+from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ScoreUpdate:
+    hunt_id: str
+    player_id: str
+    total_points: int
+    reached_at: datetime
+    version: int
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    applied: int
+    stale: int
+
+
+class LeaderboardClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
+        self._stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def submit_scores(self, updates: Sequence[ScoreUpdate], timeout_s: float | None = None) -> SubmitResult:
+        """Raises libs.errors.Unavailable / ResourceExhausted when the board
+        cannot take them now: the caller keeps them and retries."""
+        request = leaderboard_pb2.SubmitScoresRequest()
+        for update in updates:
+            reached = Timestamp()
+            reached.FromDatetime(update.reached_at)
+            request.updates.add(
+                hunt_id=update.hunt_id,
+                player_id=update.player_id,
+                total_points=update.total_points,
+                reached_at=reached,
+                version=update.version,
+            )
+        try:
+            reply = await self._stub.SubmitScores(request, timeout=timeout_s or self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise peer_error("leaderboard", err) from err
+        return SubmitResult(applied=reply.applied, stale=reply.stale)

@@ -1,0 +1,121 @@
+"""How other services call score: `unlock` (scan), `stream_scores`
+(leaderboard rebuilds) and `get_score`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from libs.channels import peer_error
+from treasure.score.v1 import score_pb2, score_pb2_grpc
+
+
+@dataclass(frozen=True)
+class UnlockOutcome:
+    unlocked: bool  # False: the player had unlocked it already
+    points_awarded: int
+    first_finder: bool
+    total_points: int
+    checkpoints_found: int
+    unlock_scan_id: str
+
+
+@dataclass(frozen=True)
+class PlayerTotal:
+    player_id: str
+    total_points: int
+    reached_at: datetime
+    version: int
+
+
+@dataclass(frozen=True)
+class Score:
+    total_points: int
+    checkpoints_found: int
+    reached_at: datetime | None
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+class ScoreClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
+        self._stub = score_pb2_grpc.ScoreServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def unlock(
+        self,
+        *,
+        scan_id: str,
+        hunt_id: str,
+        player_id: str,
+        checkpoint_id: str,
+        points: int,
+        first_finder_bonus: int,
+        at: datetime,
+        timeout_s: float | None = None,
+    ) -> UnlockOutcome:
+        request = score_pb2.UnlockRequest(
+            scan_id=scan_id,
+            hunt_id=hunt_id,
+            player_id=player_id,
+            checkpoint_id=checkpoint_id,
+            points=points,
+            first_finder_bonus=first_finder_bonus,
+            at=_ts(at),
+        )
+        try:
+            reply = await self._stub.Unlock(request, timeout=timeout_s or self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise peer_error("score", err) from err
+        return UnlockOutcome(
+            unlocked=reply.result == score_pb2.UNLOCK_RESULT_UNLOCKED,
+            points_awarded=reply.points_awarded,
+            first_finder=reply.first_finder,
+            total_points=reply.total_points,
+            checkpoints_found=reply.checkpoints_found,
+            unlock_scan_id=reply.unlock_scan_id,
+        )
+
+    async def get_score(self, hunt_id: str, player_id: str, timeout_s: float | None = None) -> Score:
+        try:
+            reply = await self._stub.GetScore(
+                score_pb2.GetScoreRequest(hunt_id=hunt_id, player_id=player_id), timeout=timeout_s or self._timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            raise peer_error("score", err) from err
+        return Score(
+            total_points=reply.total_points,
+            checkpoints_found=reply.checkpoints_found,
+            reached_at=reply.reached_at.ToDatetime(tzinfo=UTC) if reply.HasField("reached_at") else None,
+        )
+
+    async def stream_scores(
+        self, hunt_id: str, page_size: int = 1000, timeout_s: float = 600.0
+    ) -> AsyncIterator[list[PlayerTotal]]:
+        """Every total of a hunt, one page at a time (ordered by player_id)."""
+        call = self._stub.StreamScores(
+            score_pb2.StreamScoresRequest(hunt_id=hunt_id, page_size=page_size), timeout=timeout_s
+        )
+        try:
+            async for page in call:
+                yield [
+                    PlayerTotal(
+                        player_id=t.player_id,
+                        total_points=t.total_points,
+                        reached_at=t.reached_at.ToDatetime(tzinfo=UTC),
+                        version=t.version,
+                    )
+                    for t in page.totals
+                ]
+        except grpc.aio.AioRpcError as err:
+            raise peer_error("score", err) from err
+        finally:
+            call.cancel()
