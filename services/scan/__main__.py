@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from libs import server as bootstrap
-from services.scan.cache import CONTRACT
+from services.geo.client import GeoClient
+from services.scan.cache import CONTRACT, ScanCache
 from services.scan.config import ScanConfig
+from services.scan.flow import FlowSettings, ScanFlow
+from services.scan.relay import ScanRelay
 from services.scan.server import ScanServicer, binding
+from services.scan.store import ScanStore
+from services.score.client import ScoreClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -18,9 +24,43 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
     """The service, started and serving, until the block exits."""
     async with bootstrap.Runtime("scan", config.common) as runtime:
-        await runtime.postgres(config.pg_dsn, "scan", MIGRATIONS)
-        await runtime.redis(config.redis_url, CONTRACT, "SCAN_REDIS_URL")
-        await runtime.serve(binding(ScanServicer()))
+        pool = await runtime.postgres(config.pg_dsn, "scan", MIGRATIONS, max_size=20)
+        redis = await runtime.redis(config.redis_url, CONTRACT, "SCAN_REDIS_URL")
+        store = ScanStore(pool)
+        cache = ScanCache(
+            redis,
+            rate_limit=config.rate_limit,
+            rate_window_s=config.rate_window_s,
+            pending_ttl_s=max(5.0, config.geo_timeout_s + config.score_timeout_s + 1.0),
+            answer_ttl_s=config.idempotency_ttl_s,
+        )
+        flow = ScanFlow(
+            store,
+            cache,
+            GeoClient(runtime.channel(config.geo_addr), timeout_s=config.geo_timeout_s),
+            ScoreClient(runtime.channel(config.score_addr), timeout_s=config.score_timeout_s),
+            runtime.telemetry.tracer,
+            runtime.metrics,
+            FlowSettings(
+                max_speed_mps=config.max_speed_mps,
+                geo_timeout_s=config.geo_timeout_s,
+                score_timeout_s=config.score_timeout_s,
+                lease_s=config.lease_s,
+            ),
+        )
+        relay = ScanRelay(
+            store,
+            flow,
+            runtime.telemetry.tracer,
+            runtime.metrics,
+            interval_s=config.relay_interval_s,
+            batch=config.relay_batch,
+            lease_s=config.lease_s,
+        )
+        runtime.background("scan-relay", relay.run)
+        await runtime.serve(
+            binding(ScanServicer(flow, max_scan_age=timedelta(seconds=config.max_scan_age_s)))
+        )
         yield runtime
 
 

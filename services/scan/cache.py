@@ -1,8 +1,158 @@
-"""The scan service's Redis: what it holds and the contract it must keep."""
+"""The scan service's Redis: idempotency answers, rate-limit buckets and the
+last plausible position of each player (DESIGN.md's Redis table).
+
+`admit()` is the one round trip at the start of a scan: one Lua script on the
+player's slot that returns a stored answer if there is one, or else takes a
+token from the player's bucket and marks the scan pending; it also returns the
+player's last position for the speed check. `finish()` stores the answer and
+the new position in one pipeline. Redis may lose any of it (allkeys-lru):
+Postgres's unique key still makes scans idempotent.
+"""
 
 from __future__ import annotations
 
-from libs.rediskit import RedisContract
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-#: DESIGN.md's Redis table: idempotency answers (24 h TTL), rate-limit buckets, last scan per player.
+from libs.rediskit import AnyRedis, RedisContract
+from services.scan import keys
+from services.scan.model import Answer, Position
+
+#: DESIGN.md's Redis table: idempotency answers (24 h TTL), rate-limit buckets,
+#: last scan per player; allkeys-lru, no persistence.
 CONTRACT = RedisContract(policy="allkeys-lru")
+
+PENDING = "pending"
+
+_ADMIT = """
+local answer = redis.call('GET', KEYS[1])
+local last = redis.call('HMGET', KEYS[3], 'lat', 'lon', 'acc', 'at')
+if answer then
+  return {1, answer, last[1], last[2], last[3], last[4]}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local capacity = tonumber(ARGV[1])
+local per_ms = tonumber(ARGV[2])
+local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
+local tokens = tonumber(bucket[1])
+local ts = tonumber(bucket[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * per_ms)
+if tokens < 1 then
+  return {2, tostring(math.ceil((1 - tokens) / per_ms))}
+end
+redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[2], math.ceil(capacity / per_ms) + 1000)
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return {0, '', last[1], last[2], last[3], last[4]}
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What `admit` decided: `answer` set -> a copy was seen before (its answer,
+    or None while it is pending); `retry_after_ms` set -> rate limited;
+    neither -> this copy is the first and must be processed."""
+
+    seen: bool
+    answer: Answer | None
+    retry_after_ms: int | None
+    last: Position | None
+
+
+def _position(fields: list) -> Position | None:
+    lat, lon, acc, at = fields
+    if lat is None or lon is None or at is None:
+        return None
+    return Position(
+        lat=float(lat),
+        lon=float(lon),
+        accuracy_m=float(acc or 0),
+        at=datetime.fromtimestamp(int(at) / 1000, UTC),
+    )
+
+
+def encode_answer(answer: Answer) -> str:
+    return json.dumps(answer.to_dict(), separators=(",", ":"))
+
+
+def decode_answer(raw: str) -> Answer | None:
+    if raw == PENDING:
+        return None
+    return Answer.from_dict(json.loads(raw))
+
+
+class ScanCache:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        *,
+        rate_limit: int,
+        rate_window_s: float,
+        pending_ttl_s: float,
+        answer_ttl_s: int,
+        last_scan_ttl_s: int = 86_400,
+    ) -> None:
+        self._redis = redis
+        self._admit = redis.register_script(_ADMIT)
+        self._capacity = rate_limit
+        self._per_ms = rate_limit / (rate_window_s * 1000.0)
+        self._pending_ttl_ms = int(pending_ttl_s * 1000)
+        self._answer_ttl_s = answer_ttl_s
+        self._last_ttl_s = last_scan_ttl_s
+
+    async def admit(self, player_id: str, client_scan_id: str) -> Admission:
+        reply = await self._admit(
+            keys=[
+                keys.idempotency(player_id, client_scan_id),
+                keys.rate(player_id),
+                keys.last_scan(player_id),
+            ],
+            args=[self._capacity, repr(self._per_ms), PENDING, self._pending_ttl_ms],
+        )
+        kind = int(reply[0])
+        if kind == 2:
+            return Admission(seen=False, answer=None, retry_after_ms=int(reply[1]), last=None)
+        last = _position(list(reply[2:6]))
+        if kind == 1:
+            return Admission(
+                seen=True, answer=decode_answer(reply[1]), retry_after_ms=None, last=last
+            )
+        return Admission(seen=False, answer=None, retry_after_ms=None, last=last)
+
+    async def finish(
+        self, player_id: str, client_scan_id: str, answer: Answer | None, position: Position | None
+    ) -> None:
+        """Stores the answer (or forgets the pending marker when there is no
+        final answer yet) and the player's new position, in one round trip."""
+        idem = keys.idempotency(player_id, client_scan_id)
+        pipe = self._redis.pipeline(transaction=False)
+        if answer is not None:
+            pipe.set(idem, encode_answer(answer), ex=self._answer_ttl_s)
+        else:
+            pipe.delete(idem)
+        if position is not None:
+            last = keys.last_scan(player_id)
+            pipe.hset(
+                last,
+                mapping={
+                    "lat": repr(position.lat),
+                    "lon": repr(position.lon),
+                    "acc": repr(position.accuracy_m),
+                    "at": int(position.at.timestamp() * 1000),
+                },
+            )
+            pipe.expire(last, self._last_ttl_s)
+        await pipe.execute()
+
+    async def answer_of(self, player_id: str, client_scan_id: str) -> tuple[bool, Answer | None]:
+        """(marker present, answer) for a copy waiting on another."""
+        raw = await self._redis.get(keys.idempotency(player_id, client_scan_id))
+        if raw is None:
+            return False, None
+        return True, decode_answer(raw)

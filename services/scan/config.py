@@ -16,6 +16,19 @@ class ScanConfig:
     redis_url: str
     geo_addr: str
     score_addr: str
+    #: Oldest `scanned_at` accepted (devices briefly offline).
+    max_scan_age_s: float
+    #: Token bucket: `rate_limit` scans per `rate_window_s` per player.
+    rate_limit: int
+    rate_window_s: float
+    #: Above this speed between two scans, a scan is IMPLAUSIBLE_SPEED.
+    max_speed_mps: float
+    idempotency_ttl_s: int
+    geo_timeout_s: float
+    score_timeout_s: float
+    relay_interval_s: float
+    relay_batch: int
+    lease_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ScanConfig:
@@ -29,6 +42,16 @@ class ScanConfig:
             redis_url=env.str("SCAN_REDIS_URL"),
             geo_addr=env.str("GEO_SERVICE_ADDR"),
             score_addr=env.str("SCORE_SERVICE_ADDR"),
+            max_scan_age_s=env.float("SCAN_MAX_SCAN_AGE_S", 600.0, min=1, max=7 * 86400),
+            rate_limit=env.int("SCAN_RATE_LIMIT", 5, min=1, max=10_000),
+            rate_window_s=env.float("SCAN_RATE_WINDOW_S", 10.0, min=0.001, max=86400),
+            max_speed_mps=env.float("SCAN_MAX_SPEED_MPS", 50.0, min=0.1, max=100_000),
+            idempotency_ttl_s=env.int("SCAN_IDEMPOTENCY_TTL_S", 86400, min=60, max=30 * 86400),
+            geo_timeout_s=env.float("SCAN_GEO_TIMEOUT_S", 1.0, min=0.001, max=60),
+            score_timeout_s=env.float("SCAN_SCORE_TIMEOUT_S", 2.0, min=0.001, max=60),
+            relay_interval_s=env.float("SCAN_RELAY_INTERVAL_S", 1.0, min=0.01, max=3600),
+            relay_batch=env.int("SCAN_RELAY_BATCH", 50, min=1, max=1000),
+            lease_s=env.float("SCAN_LEASE_S", 15.0, min=0.1, max=3600),
         )
         env.finish()
         return config

@@ -1,9 +1,18 @@
-"""The gRPC face of the scan service: validate, call, map."""
+"""The gRPC face of the scan service: validate, call the flow, map."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from libs import paging, validate
 from libs.auth import PUBLIC
 from libs.server import Binding
+from services.scan.flow import Budget, ScanFlow
+from services.scan.model import Answer, Outcome, ScanInput, ScanRecord, Status
+from treasure.common.v1 import common_pb2
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.
@@ -13,9 +22,111 @@ ROLES = {
     "ListPlayerScans": PUBLIC,
 }
 
+_OUTCOME = {
+    Outcome.UNLOCKED: scan_pb2.SCAN_OUTCOME_UNLOCKED,
+    Outcome.ALREADY_UNLOCKED: scan_pb2.SCAN_OUTCOME_ALREADY_UNLOCKED,
+    Outcome.OUT_OF_RANGE: scan_pb2.SCAN_OUTCOME_OUT_OF_RANGE,
+    Outcome.UNKNOWN_TAG: scan_pb2.SCAN_OUTCOME_UNKNOWN_TAG,
+    Outcome.HUNT_NOT_ACTIVE: scan_pb2.SCAN_OUTCOME_HUNT_NOT_ACTIVE,
+    Outcome.IMPLAUSIBLE_SPEED: scan_pb2.SCAN_OUTCOME_IMPLAUSIBLE_SPEED,
+}
+_STATUS = {
+    Status.RECEIVED: scan_pb2.SCAN_STATUS_RECEIVED,
+    Status.APPLIED: scan_pb2.SCAN_STATUS_APPLIED,
+}
+
+MAX_AHEAD = timedelta(seconds=30)
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _answer_fields(answer: Answer) -> dict:
+    return {
+        "scan_id": answer.scan_id,
+        "outcome": _OUTCOME.get(answer.outcome, scan_pb2.SCAN_OUTCOME_UNSPECIFIED)
+        if answer.outcome
+        else 0,
+        "points_awarded": answer.points_awarded,
+        "total_points": answer.total_points,
+        "checkpoint_id": answer.checkpoint_id,
+        "checkpoint_name": answer.checkpoint_name,
+        "first_finder": answer.first_finder,
+        "status": _STATUS[answer.status],
+    }
+
+
+def _scan(record: ScanRecord) -> scan_pb2.Scan:
+    scan = record.input
+    message = scan_pb2.Scan(
+        player_id=scan.player_id,
+        hunt_id=scan.hunt_id,
+        tag_id=scan.tag_id,
+        location=common_pb2.GeoPoint(lat=scan.lat, lon=scan.lon),
+        accuracy_m=scan.accuracy_m,
+        scanned_at=_ts(scan.scanned_at),
+        client_scan_id=scan.client_scan_id,
+        received_at=_ts(record.received_at),
+        **_answer_fields(record.answer),
+    )
+    if record.applied_at is not None:
+        message.applied_at.CopyFrom(_ts(record.applied_at))
+    return message
+
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
-    pass
+    def __init__(self, flow: ScanFlow, *, max_scan_age: timedelta) -> None:
+        self._flow = flow
+        self._max_age = max_scan_age
+
+    async def SubmitScan(
+        self, request: scan_pb2.SubmitScanRequest, context: grpc.aio.ServicerContext
+    ):
+        lat, lon = validate.require_point(
+            "location", request.location, request.HasField("location")
+        )
+        scan = ScanInput(
+            player_id=validate.require_id("player_id", request.player_id),
+            hunt_id=validate.require_id("hunt_id", request.hunt_id),
+            tag_id=validate.require_id("tag_id", request.tag_id),
+            lat=lat,
+            lon=lon,
+            accuracy_m=validate.require_number(
+                "accuracy_m", request.accuracy_m, low=0.0, high=100_000.0
+            ),
+            scanned_at=validate.require_time(
+                "scanned_at",
+                request.scanned_at,
+                request.HasField("scanned_at"),
+                now=datetime.now(UTC),
+                max_ahead=MAX_AHEAD,
+                max_age=self._max_age,
+            ),
+            client_scan_id=validate.require_id("client_scan_id", request.client_scan_id),
+        )
+        answer = await self._flow.submit(scan, Budget.within(context.time_remaining()))
+        return scan_pb2.SubmitScanResponse(**_answer_fields(answer))
+
+    async def GetScan(self, request: scan_pb2.GetScanRequest, context: grpc.aio.ServicerContext):
+        record = await self._flow.get(validate.require_id("scan_id", request.scan_id))
+        return scan_pb2.GetScanResponse(scan=_scan(record))
+
+    async def ListPlayerScans(
+        self, request: scan_pb2.ListPlayerScansRequest, context: grpc.aio.ServicerContext
+    ):
+        player_id = validate.require_id("player_id", request.player_id)
+        hunt_id = validate.optional_id("hunt_id", request.hunt_id)
+        size = validate.page_size("page_size", request.page_size, default=20, maximum=100)
+        cursor = paging.decode(request.page_token, keys=("before",))
+        before = validate.require_id("page_token", cursor["before"]) if cursor else ""
+        records = await self._flow.list_player(player_id, hunt_id, before, size + 1)
+        response = scan_pb2.ListPlayerScansResponse(scans=[_scan(r) for r in records[:size]])
+        if len(records) > size:
+            response.next_page_token = paging.encode({"before": records[size - 1].scan_id})
+        return response
 
 
 def binding(servicer: ScanServicer) -> Binding:

@@ -1,0 +1,312 @@
+"""The scan flow: admit, record, check in, score, apply — once per scan.
+
+`ScanFlow.submit` runs for SubmitScan; `ScanFlow.drive` applies a recorded
+scan and is shared by SubmitScan and the relay, so a scan is decided the same
+way whoever drives it. Idempotency has three layers:
+  1. copies in this process share one task (so 100 concurrent copies cost one
+     processing and get one answer);
+  2. the admission script in Redis returns the stored answer of a copy seen
+     before, or marks this copy pending (copies on other replicas wait);
+  3. Postgres's unique (player_id, client_scan_id) decides when Redis lost it.
+Applying is a conditional update from 'received', and score's Unlock is
+idempotent by scan_id, so a scan driven twice is still applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from opentelemetry import propagate, trace
+from redis.exceptions import RedisError
+
+from libs import errors
+from libs.geometry import distance_m
+from libs.metrics import Metrics
+from services.geo.client import GeoClient, TagStatus
+from services.scan.cache import ScanCache
+from services.scan.model import (
+    PLAUSIBLE,
+    Answer,
+    Outcome,
+    Position,
+    ScanInput,
+    ScanRecord,
+    Status,
+    new_scan_id,
+)
+from services.scan.store import ScanStore
+from services.score.client import ScoreClient
+
+log = logging.getLogger(__name__)
+
+
+class RateLimited(errors.ResourceExhausted):
+    reason = "SCAN_RATE_LIMITED"
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    max_speed_mps: float = 50.0
+    geo_timeout_s: float = 1.0
+    score_timeout_s: float = 2.0
+    #: How long a copy waits for another copy's answer, at most.
+    wait_s: float = 5.0
+    #: How long a driver holds a scan before the relay may take it over.
+    lease_s: float = 15.0
+    max_backoff_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The time a call may still take (loop clock), from the incoming deadline."""
+
+    deadline: float | None = None
+
+    @classmethod
+    def within(cls, seconds: float | None) -> Budget:
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def timeout(self, default_s: float, margin_s: float = 0.01) -> float:
+        if self.deadline is None:
+            return default_s
+        return max(0.001, min(default_s, self.deadline - time.monotonic() - margin_s))
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def implausible_speed(previous: Position, scan: ScanInput, max_speed_mps: float) -> bool:
+    """True when the player cannot have come from `previous` in time. GPS error
+    (each fix's accuracy, capped at 50 m) is given to the player."""
+    gap = distance_m(previous.lat, previous.lon, scan.lat, scan.lon)
+    gap -= min(previous.accuracy_m, 50.0) + min(scan.accuracy_m, 50.0)
+    if gap <= 0:
+        return False
+    seconds = abs((scan.scanned_at - previous.at).total_seconds())
+    return gap / max(seconds, 1.0) > max_speed_mps
+
+
+class ScanFlow:
+    def __init__(
+        self,
+        store: ScanStore,
+        cache: ScanCache,
+        geo: GeoClient,
+        score: ScoreClient,
+        tracer: trace.Tracer,
+        metrics: Metrics,
+        settings: FlowSettings,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._geo = geo
+        self._score = score
+        self._tracer = tracer
+        self._settings = settings
+        self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+        self._outcomes = metrics.counter("scans_total", "Scans answered, by outcome.", ("outcome",))
+        self._redis_errors = metrics.counter(
+            "scan_redis_errors_total", "Scan Redis calls that failed (served from Postgres)."
+        )
+
+    # -- SubmitScan ------------------------------------------------------------
+
+    async def submit(self, scan: ScanInput, budget: Budget) -> Answer:
+        with self._tracer.start_as_current_span(
+            "scan.submit",
+            attributes={
+                "hunt.id": scan.hunt_id,
+                "player.id": scan.player_id,
+                "tag.id": scan.tag_id,
+            },
+        ) as span:
+            key = (scan.player_id, scan.client_scan_id)
+            task = self._inflight.get(key)
+            if task is None:
+                # Shielded: a caller that hangs up does not stop a scan half way.
+                task = asyncio.ensure_future(self._admit_and_process(scan, budget))
+                self._inflight[key] = task
+                task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            answer = await asyncio.shield(task)
+            span.set_attribute("scan.id", answer.scan_id)
+            span.set_attribute(
+                "scan.outcome", answer.outcome.value if answer.outcome else "pending"
+            )
+            self._outcomes.labels(answer.outcome.value if answer.outcome else "pending").inc()
+            return answer
+
+    async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> Answer:
+        try:
+            admission = await self._cache.admit(scan.player_id, scan.client_scan_id)
+        except (RedisError, OSError) as exc:
+            # Fail open: without Redis there is no rate limit; Postgres keeps scans idempotent.
+            self._redis_errors.inc()
+            log.warning("scan redis unavailable at admission: %s", exc)
+            return await self._first(scan, None, budget)
+        if admission.retry_after_ms is not None:
+            raise RateLimited(
+                f"player {scan.player_id} is scanning too often",
+                retry_after_s=admission.retry_after_ms / 1000.0,
+            )
+        if admission.seen:
+            if admission.answer is not None and admission.answer.status is Status.APPLIED:
+                return admission.answer
+            return await self._await_existing(scan, budget)
+        return await self._first(scan, admission.last, budget)
+
+    async def _first(self, scan: ScanInput, last: Position | None, budget: Budget) -> Answer:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        record = await self._store.insert(
+            new_scan_id(),
+            scan,
+            timedelta(seconds=self._settings.lease_s),
+            carrier.get("traceparent", ""),
+        )
+        if record is None:  # an earlier copy is in Postgres; Redis had lost its answer
+            return await self._await_existing(scan, budget)
+        return await self.drive(record, budget, last=last)
+
+    async def _await_existing(self, scan: ScanInput, budget: Budget) -> Answer:
+        """Another copy of this scan exists (or is being recorded): return its
+        answer once applied; take it over if its driver is gone."""
+        wait = Budget.within(self._settings.wait_s) if budget.deadline is None else budget
+        delay = 0.005
+        while True:
+            record = await self._store.get_by_client_id(scan.player_id, scan.client_scan_id)
+            if record is None:
+                if not await self._pending_marker(scan):
+                    return await self._first(
+                        scan, None, budget
+                    )  # the first copy died before recording
+            elif record.answer.status is Status.APPLIED:
+                return record.answer
+            else:
+                claimed = await self._store.claim(
+                    record.scan_id, timedelta(seconds=self._settings.lease_s)
+                )
+                if claimed is not None:
+                    return await self.drive(claimed, budget)
+            if wait.expired():
+                if record is None:
+                    raise errors.Unavailable(
+                        "this scan is being recorded by another request", retry_after_s=0.5
+                    )
+                return record.answer
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _pending_marker(self, scan: ScanInput) -> bool:
+        try:
+            present, _ = await self._cache.answer_of(scan.player_id, scan.client_scan_id)
+            return present
+        except (RedisError, OSError):
+            self._redis_errors.inc()
+            return False
+
+    # -- applying (SubmitScan and the relay) -----------------------------------
+
+    async def drive(
+        self, record: ScanRecord, budget: Budget, last: Position | None = None
+    ) -> Answer:
+        """Decides and applies a recorded scan; leaves it 'received' for the
+        relay when geo or score cannot answer now."""
+        scan = record.input
+        try:
+            answer = await self._decide(record, last, budget)
+        except errors.ServiceError as exc:
+            delay = min(
+                self._settings.max_backoff_s, 0.5 * 2 ** min(record.attempts, 10)
+            ) * random.uniform(0.8, 1.2)
+            log.warning(
+                "scan %s not applied yet (attempt %s): %s", record.scan_id, record.attempts, exc
+            )
+            await self._store.postpone(record.scan_id, timedelta(seconds=delay), str(exc))
+            answer = Answer(scan_id=record.scan_id, status=Status.RECEIVED)
+            await self._remember(scan, answer, None)
+            return answer
+        final = (await self._store.apply(answer)).answer
+        position = None
+        if final.outcome in PLAUSIBLE:
+            position = Position(
+                lat=scan.lat, lon=scan.lon, accuracy_m=scan.accuracy_m, at=scan.scanned_at
+            )
+        await self._remember(scan, final, position)
+        return final
+
+    async def _remember(self, scan: ScanInput, answer: Answer, position: Position | None) -> None:
+        try:
+            await self._cache.finish(scan.player_id, scan.client_scan_id, answer, position)
+        except (RedisError, OSError) as exc:
+            self._redis_errors.inc()
+            log.warning("scan redis unavailable when storing the answer: %s", exc)
+
+    async def _decide(self, record: ScanRecord, last: Position | None, budget: Budget) -> Answer:
+        scan = record.input
+        check = await self._geo.check_in(
+            hunt_id=scan.hunt_id,
+            player_id=scan.player_id,
+            tag_id=scan.tag_id,
+            lat=scan.lat,
+            lon=scan.lon,
+            accuracy_m=scan.accuracy_m,
+            at=scan.scanned_at,
+            timeout_s=budget.timeout(self._settings.geo_timeout_s),
+        )
+
+        def answer(outcome: Outcome, **fields: object) -> Answer:
+            return Answer(
+                scan_id=record.scan_id,
+                status=Status.APPLIED,
+                outcome=outcome,
+                checkpoint_id=check.checkpoint_id,
+                checkpoint_name=check.checkpoint_name,
+                **fields,  # type: ignore[arg-type]
+            )
+
+        if check.tag_status is not TagStatus.FOUND:
+            return Answer(
+                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.UNKNOWN_TAG
+            )
+        if not check.hunt_active_at(scan.scanned_at):
+            return answer(Outcome.HUNT_NOT_ACTIVE)
+        if not check.in_range:
+            return answer(Outcome.OUT_OF_RANGE)
+        if last is None or last.at >= scan.scanned_at:
+            last = await self._store.previous_position(scan.player_id, record.scan_id)
+        if last is not None and implausible_speed(last, scan, self._settings.max_speed_mps):
+            return answer(Outcome.IMPLAUSIBLE_SPEED)
+        unlock = await self._score.unlock(
+            scan_id=record.scan_id,
+            hunt_id=scan.hunt_id,
+            player_id=scan.player_id,
+            checkpoint_id=check.checkpoint_id,
+            points=check.points,
+            first_finder_bonus=check.first_finder_bonus,
+            at=scan.scanned_at,
+            timeout_s=budget.timeout(self._settings.score_timeout_s),
+        )
+        return answer(
+            Outcome.UNLOCKED if unlock.unlocked else Outcome.ALREADY_UNLOCKED,
+            points_awarded=unlock.points_awarded,
+            total_points=unlock.total_points,
+            first_finder=unlock.first_finder,
+        )
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, scan_id: str) -> ScanRecord:
+        record = await self._store.get(scan_id)
+        if record is None:
+            raise errors.NotFound(f"scan {scan_id} not found")
+        return record
+
+    async def list_player(
+        self, player_id: str, hunt_id: str, before: str, limit: int
+    ) -> list[ScanRecord]:
+        return await self._store.list_player(player_id, hunt_id, before, limit)

@@ -1,0 +1,24 @@
+"""Every Redis key of the scan service. All scan state is per player, so every
+key carries the `{player_id}` hash tag: the admission script touches the
+idempotency answer, the rate bucket and the last position of one player in one
+slot. Ids are validated (libs.validate) before they reach these functions."""
+
+from __future__ import annotations
+
+
+def idempotency(player_id: str, client_scan_id: str) -> str:
+    """`scan:idem:{p42}:c-91f3` -> the answer to (player, client_scan_id): a
+    short-lived "pending" marker while the first copy runs, then the answer
+    (JSON) for 24 h. Lost on eviction: the Postgres unique key still decides."""
+    return f"scan:idem:{{{player_id}}}:{client_scan_id}"
+
+
+def rate(player_id: str) -> str:
+    """`scan:rate:{p42}` -> hash {tokens, ts_ms}: the player's token bucket."""
+    return f"scan:rate:{{{player_id}}}"
+
+
+def last_scan(player_id: str) -> str:
+    """`scan:last:{p42}` -> hash {lat, lon, acc, at_ms}: where the player's last
+    plausible scan was, for the speed check. Falls back to Postgres."""
+    return f"scan:last:{{{player_id}}}"

@@ -1,0 +1,103 @@
+"""The scan service's domain values: what a scan is, its outcome, its answer."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+
+class Outcome(enum.StrEnum):
+    UNLOCKED = "unlocked"
+    ALREADY_UNLOCKED = "already_unlocked"
+    OUT_OF_RANGE = "out_of_range"
+    UNKNOWN_TAG = "unknown_tag"
+    HUNT_NOT_ACTIVE = "hunt_not_active"
+    IMPLAUSIBLE_SPEED = "implausible_speed"
+
+
+class Status(enum.StrEnum):
+    RECEIVED = "received"
+    APPLIED = "applied"
+
+
+#: Outcomes whose position counts as where the player really was (the speed
+#: check's "previous scan"): a rejected teleport must not move the player.
+PLAUSIBLE = frozenset({Outcome.UNLOCKED, Outcome.ALREADY_UNLOCKED, Outcome.OUT_OF_RANGE})
+
+
+_sequence = itertools.count()
+
+
+def new_scan_id() -> str:
+    """22 hex digits: the time in ms, a per-process sequence (so ids of one
+    process sort by arrival even within a millisecond), and 24 random bits
+    (so processes never collide in practice)."""
+    return f"{time.time_ns() // 1_000_000:012x}{next(_sequence) % 0x10000:04x}{os.urandom(3).hex()}"
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    player_id: str
+    hunt_id: str
+    tag_id: str
+    lat: float
+    lon: float
+    accuracy_m: float
+    scanned_at: datetime
+    client_scan_id: str
+
+
+@dataclass(frozen=True)
+class Position:
+    lat: float
+    lon: float
+    accuracy_m: float
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What SubmitScan answers; the same for every copy of one scan."""
+
+    scan_id: str
+    status: Status
+    outcome: Outcome | None = None
+    points_awarded: int = 0
+    total_points: int = 0
+    checkpoint_id: str = ""
+    checkpoint_name: str = ""
+    first_finder: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Answer:
+        return cls(
+            scan_id=data["scan_id"],
+            status=Status(data["status"]),
+            outcome=Outcome(data["outcome"]) if data.get("outcome") else None,
+            points_awarded=int(data.get("points_awarded", 0)),
+            total_points=int(data.get("total_points", 0)),
+            checkpoint_id=data.get("checkpoint_id", ""),
+            checkpoint_name=data.get("checkpoint_name", ""),
+            first_finder=bool(data.get("first_finder", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """A row of scan.scans."""
+
+    scan_id: str
+    input: ScanInput
+    received_at: datetime
+    answer: Answer
+    attempts: int
+    applied_at: datetime | None
+    #: W3C trace context of the SubmitScan that recorded it (for span links).
+    traceparent: str = ""

@@ -1,0 +1,98 @@
+"""The scan service's state layer on real Redis and Postgres: the admission
+script (idempotency, token bucket, last position) and the scan log."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from libs import pg, rediskit
+from services.scan.cache import ScanCache
+from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
+from services.scan.store import ScanStore
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def scan(client_scan_id: str = "c1", player: str = "p1") -> ScanInput:
+    return ScanInput(player, "h1", "t1", 38.7, -9.1, 5.0, NOW, client_scan_id)
+
+
+@pytest.fixture
+async def cache(redis_urls):
+    client = rediskit.connect(redis_urls["scan"])
+    yield ScanCache(client, rate_limit=3, rate_window_s=10, pending_ttl_s=5, answer_ttl_s=60)
+    await client.aclose()
+
+
+@pytest.fixture
+async def store(pg_dsn):
+    pool = await pg.create_pool(pg_dsn)
+    yield ScanStore(pool)
+    await pool.close()
+
+
+async def test_admission_takes_tokens_then_refuses_with_a_delay(cache):
+    admitted = [await cache.admit("p1", f"c{i}") for i in range(3)]
+    assert all(not a.seen and a.retry_after_ms is None for a in admitted)
+    refused = await cache.admit("p1", "c9")
+    assert refused.retry_after_ms is not None and 0 < refused.retry_after_ms <= 10_000
+    assert (await cache.admit("p2", "c1")).retry_after_ms is None  # buckets are per player
+
+
+async def test_a_seen_copy_costs_no_token_and_gets_the_answer(cache):
+    await cache.admit("p1", "c1")
+    pending = await cache.admit("p1", "c1")
+    assert pending.seen and pending.answer is None
+    answer = Answer("s1", Status.APPLIED, Outcome.UNLOCKED, 10, 10, "cp", "Tower", True)
+    await cache.finish("p1", "c1", answer, Position(38.7, -9.1, 5.0, NOW))
+    for _ in range(5):
+        again = await cache.admit("p1", "c1")
+        assert again.seen and again.answer == answer
+    assert again.last == Position(38.7, -9.1, 5.0, NOW)
+    assert (await cache.admit("p1", "c2")).retry_after_ms is None  # only 1 of 3 tokens was used
+
+
+async def test_insert_is_unique_per_player_and_client_scan_id(store):
+    first = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
+    assert first is not None and first.answer.status is Status.RECEIVED
+    assert await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "") is None
+    assert (await store.get_by_client_id("p1", "c1")).scan_id == first.scan_id
+
+
+async def test_apply_is_once_and_the_first_answer_wins(store):
+    record = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
+    one = Answer(record.scan_id, Status.APPLIED, Outcome.UNLOCKED, 10, 10, "cp", "Tower", False)
+    two = Answer(
+        record.scan_id, Status.APPLIED, Outcome.ALREADY_UNLOCKED, 0, 10, "cp", "Tower", False
+    )
+    results = await asyncio.gather(store.apply(one), store.apply(two))
+    assert results[0].answer == results[1].answer
+    assert (await store.get(record.scan_id)).answer in (one, two)
+
+
+async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store):
+    for i in range(20):
+        await store.insert(new_scan_id(), scan(f"c{i}"), timedelta(seconds=0), "")
+    await store.insert(new_scan_id(), scan("later"), timedelta(seconds=60), "")
+    first, second = await asyncio.gather(
+        store.claim_due(15, timedelta(seconds=30)), store.claim_due(15, timedelta(seconds=30))
+    )
+    ids = [r.scan_id for r in first + second]
+    assert len(ids) == len(set(ids)) == 20
+    assert await store.claim_due(50, timedelta(seconds=30)) == []  # leased now
+    assert (await store.backlog()).received == 21
+
+
+async def test_list_player_pages_newest_first(store):
+    ids = [
+        (await store.insert(new_scan_id(), scan(f"c{i}"), timedelta(0), "")).scan_id
+        for i in range(5)
+    ]
+    page = await store.list_player("p1", "", "", 3)
+    assert [r.scan_id for r in page] == ids[::-1][:3]
+    rest = await store.list_player("p1", "h1", page[-1].scan_id, 3)
+    assert [r.scan_id for r in rest] == ids[::-1][3:]
+    assert await store.list_player("p1", "other-hunt", "", 3) == []

@@ -1,0 +1,56 @@
+from datetime import UTC, datetime, timedelta
+
+from services.scan import keys
+from services.scan.flow import implausible_speed
+from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def scan_at(lat: float, lon: float, at: datetime, accuracy: float = 5.0) -> ScanInput:
+    return ScanInput("p1", "h1", "t1", lat, lon, accuracy, at, "c1")
+
+
+def test_keys_share_the_player_slot():
+    assert keys.idempotency("p42", "c-91f3") == "scan:idem:{p42}:c-91f3"
+    assert keys.rate("p42") == "scan:rate:{p42}"
+    assert keys.last_scan("p42") == "scan:last:{p42}"
+
+
+def test_scan_ids_sort_by_time_and_are_valid_ids():
+    from libs.validate import is_id
+
+    first = new_scan_id()
+    second = new_scan_id()
+    assert is_id(first) and len(first) == 22
+    assert first[:12] <= second[:12]
+
+
+def test_walking_is_plausible_and_teleporting_is_not():
+    previous = Position(38.7139, -9.1394, 5.0, T0)
+    # ~1 km in 10 minutes: walking
+    assert not implausible_speed(
+        previous, scan_at(38.7229, -9.1394, T0 + timedelta(minutes=10)), 50.0
+    )
+    # ~270 km (Lisbon -> Porto-ish) in a minute: no
+    assert implausible_speed(previous, scan_at(41.15, -8.61, T0 + timedelta(minutes=1)), 50.0)
+
+
+def test_gps_error_is_given_to_the_player():
+    previous = Position(38.7139, -9.1394, 40.0, T0)
+    # 70 m apart one second later, but both fixes are +-40 m: not a cheat
+    assert not implausible_speed(
+        previous, scan_at(38.71453, -9.1394, T0 + timedelta(seconds=1), 40.0), 50.0
+    )
+
+
+def test_out_of_order_scans_use_the_absolute_gap():
+    previous = Position(38.7139, -9.1394, 5.0, T0)
+    assert implausible_speed(previous, scan_at(41.15, -8.61, T0 - timedelta(minutes=1)), 50.0)
+
+
+def test_answer_round_trip():
+    answer = Answer("s1", Status.APPLIED, Outcome.UNLOCKED, 15, 40, "cp1", "Tower", True)
+    assert Answer.from_dict(answer.to_dict()) == answer
+    pending = Answer("s2", Status.RECEIVED)
+    assert Answer.from_dict(pending.to_dict()) == pending
