@@ -100,7 +100,9 @@ def peer_error(peer: str, err: grpc.aio.AioRpcError) -> errors.ServiceError:
     return errors.FailedPrecondition(message, reason="PEER_REJECTED")
 
 
-def remaining(context: grpc.aio.ServicerContext | None, default_s: float, margin_s: float = 0.02) -> float:
+def remaining(
+    context: grpc.aio.ServicerContext | None, default_s: float, margin_s: float = 0.02
+) -> float:
     """A deadline for a downstream call: `default_s`, shortened to what is left
     of the incoming call's deadline (minus a margin), never below 1 ms."""
     if context is None:
