@@ -47,5 +47,11 @@ down: venv ## stop exactly what `make up` started
 status: venv ## what the local stack runs (pids)
 	@$(PY) -m tools.stack status
 
+demo: up ## the local stack plus a simulated festival in Lisbon (DEMO_ARGS="--players 200 --duration 60")
+	$(PY) -m tools.demo $(DEMO_ARGS)
+
+bench: deps ## the load benchmark: SubmitScan open/closed loop, echo floor, service reads -> bench/results/
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean: down ## stop the stack and remove run files
 	rm -rf .run

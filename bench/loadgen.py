@@ -1,0 +1,166 @@
+"""The load generator of `make bench`, run in its own process.
+
+    python -m bench.loadgen --target scan|echo --addr HOST:PORT
+        (--rate R | --concurrency C) --duration S [--hunt-file F]
+
+Open loop (`--rate`): requests are sent on a fixed schedule whatever the
+answers do, and each latency is measured from its scheduled start, so a slow
+server cannot hide latency by slowing the sender (no coordinated omission).
+Closed loop (`--concurrency`): C requests in flight at all times.
+
+Scans are all valid and distinct: each comes from a new player at a
+checkpoint of the demo hunt, so every one is recorded, checked in and
+unlocked (the full path). Prints one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import uvloop
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from libs.auth import bearer_metadata
+from tools.huntctl import load_hunt_file
+from tools.stats import Recorder
+from treasure.common.v1 import common_pb2
+from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
+
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+class ScanTarget:
+    def __init__(self, channel: grpc.aio.Channel, hunt_file: str, token: str) -> None:
+        hunt, checkpoints, _ = load_hunt_file(Path(hunt_file))
+        self.hunt_id = hunt.hunt_id
+        self.checkpoints = checkpoints
+        self.stub = scan_pb2_grpc.ScanServiceStub(channel)
+        self.metadata = bearer_metadata(token)
+        self.run = uuid.uuid4().hex[:8]
+        self.n = 0
+
+    async def call(self) -> str:
+        self.n += 1
+        cp = self.checkpoints[self.n % len(self.checkpoints)]
+        at = Timestamp()
+        at.FromDatetime(datetime.now(UTC))
+        reply = await self.stub.SubmitScan(
+            scan_pb2.SubmitScanRequest(
+                player_id=f"b{self.run}-{self.n}",
+                hunt_id=self.hunt_id,
+                tag_id=cp.tag_id,
+                location=common_pb2.GeoPoint(lat=cp.location.lat, lon=cp.location.lon),
+                accuracy_m=5.0,
+                scanned_at=at,
+                client_scan_id=f"c{self.n}",
+            ),
+            metadata=self.metadata,
+            timeout=10,
+        )
+        if reply.status == scan_pb2.SCAN_STATUS_RECEIVED:
+            return "pending"
+        return scan_pb2.ScanOutcome.Name(reply.outcome).removeprefix("SCAN_OUTCOME_").lower()
+
+
+class EchoTarget:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.echo = channel.unary_unary(ECHO_METHOD)
+        self.payload = b"x" * 160  # about the size of a SubmitScanRequest
+
+    async def call(self) -> str:
+        await self.echo(self.payload, timeout=10)
+        return "ok"
+
+
+async def _one(target, recorder: Recorder, started: float) -> None:
+    try:
+        outcome = await target.call()
+    except grpc.aio.AioRpcError as err:
+        outcome = f"error:{err.code().name}"
+    recorder.record(time.perf_counter() - started, outcome)
+
+
+async def open_loop(target, rate: float, duration: float) -> tuple[Recorder, float]:
+    recorder = Recorder()
+    interval = 1.0 / rate
+    begin = time.perf_counter()
+    pending: set[asyncio.Task] = set()
+    total = int(rate * duration)
+    for i in range(total):
+        scheduled = begin + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(_one(target, recorder, scheduled))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    sent_for = time.perf_counter() - begin
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    return recorder, sent_for
+
+
+async def closed_loop(target, concurrency: int, duration: float) -> tuple[Recorder, float]:
+    recorder = Recorder()
+    begin = time.perf_counter()
+    end = begin + duration
+
+    async def worker() -> None:
+        while time.perf_counter() < end:
+            await _one(target, recorder, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return recorder, time.perf_counter() - begin
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    async with grpc.aio.insecure_channel(args.addr) as channel:
+        target = (
+            ScanTarget(channel, args.hunt_file, args.token)
+            if args.target == "scan"
+            else EchoTarget(channel)
+        )
+        # warm-up: connections, caches, prepared statements
+        for _ in range(args.warmup):
+            await _one(target, Recorder(), time.perf_counter())
+        if args.rate:
+            recorder, elapsed = await open_loop(target, args.rate, args.duration)
+            mode = {"mode": "open", "offered_rate": args.rate}
+        else:
+            recorder, elapsed = await closed_loop(target, args.concurrency, args.duration)
+            mode = {"mode": "closed", "concurrency": args.concurrency}
+    summary = recorder.summary(elapsed)
+    errors = sum(v for k, v in summary["outcomes"].items() if k.startswith("error:"))
+    return {"target": args.target, **mode, "duration_s": round(elapsed, 3), "errors": errors, **summary,
+            "latencies_ms": [round(v * 1000, 3) for v in recorder.latencies] if args.keep_latencies else None}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--target", choices=("scan", "echo"), required=True)
+    parser.add_argument("--addr", required=True)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--rate", type=float, help="open loop: requests per second")
+    group.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--hunt-file", default="demo/lisbon.yaml")
+    parser.add_argument("--token", default="local-client-token")
+    parser.add_argument("--keep-latencies", action="store_true")
+    args = parser.parse_args()
+    result = uvloop.run(main_async(args))
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""`make bench`: the load benchmark of the whole system on this machine.
+
+Starts its own stack (four services as processes, four Redis servers, a
+throwaway Postgres database), imports the demo hunt, and drives SubmitScan
+from a load generator in its own process (bench/loadgen.py): unloaded (one
+in flight), at fixed concurrency, and at fixed offered rates (open loop).
+In the same run it measures the floor: a bare grpc.aio echo server and client
+on this machine. Then it runs each service's own read benchmark
+(bench/<service>_bench.py) when present. Results: bench/results/scan.json,
+bench/results/summary.md and latency plots (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from libs.localinfra import find_postgres, free_port, stop_pid
+from tests.support.stack import Stack
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+HUNT_FILE = REPO / "demo" / "lisbon.yaml"
+
+
+def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: int | None = None,
+            duration: float, warmup: int = 50) -> dict:  # fmt: skip
+    command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--addr", addr,
+               "--duration", str(duration), "--warmup", str(warmup), "--hunt-file", str(HUNT_FILE),
+               "--keep-latencies"]  # fmt: skip
+    command += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=duration + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def describe(result: dict) -> str:
+    load = (
+        f"rate {result['offered_rate']:g}/s"
+        if result["mode"] == "open"
+        else f"{result['concurrency']} in flight"
+    )
+    return (
+        f"{result['target']:<5} {load:<16} achieved {result['rate_per_s']:7.1f}/s  p50 {result['p50_ms']:6.2f}  "
+        f"p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:6.2f}  p99.9 {result['p999_ms']:7.2f} ms  "
+        f"errors {result['errors']}"
+    )
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_gib, 1),
+            "python": platform.python_version(), "kernel": platform.release()}  # fmt: skip
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for run in runs:
+        values = sorted(run["latencies_ms"])
+        if not values:
+            continue
+        label = f"{run['target']} " + (
+            f"{run['offered_rate']:g}/s" if run["mode"] == "open" else f"c={run['concurrency']}"
+        )
+        ys = [i / len(values) for i in range(1, len(values) + 1)]
+        axes[0].plot(values, ys, label=label)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("latency (ms, log)")
+    axes[0].set_ylabel("fraction of requests")
+    axes[0].set_title("Latency CDF")
+    axes[0].legend(fontsize=7)
+    opened = [r for r in runs if r["mode"] == "open" and r["target"] == "scan"]
+    axes[1].plot(
+        [r["offered_rate"] for r in opened], [r["p50_ms"] for r in opened], "o-", label="p50"
+    )
+    axes[1].plot(
+        [r["offered_rate"] for r in opened], [r["p99_ms"] for r in opened], "o-", label="p99"
+    )
+    axes[1].plot(
+        [r["offered_rate"] for r in opened],
+        [r["rate_per_s"] for r in opened],
+        "s--",
+        label="achieved /s (right)",
+    )
+    axes[1].set_xlabel("offered SubmitScan rate (/s)")
+    axes[1].set_ylabel("ms")
+    axes[1].set_title("SubmitScan, open loop")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+async def _prepare_db(admin_dsn: str, name: str) -> str:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return f"{admin_dsn.rpartition('/')[0]}/{name}"
+
+
+async def _drop_db(admin_dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def _import_hunt(stack: Stack) -> None:
+    from tools.huntctl import Ctl
+
+    args = argparse.Namespace(token="local-admin-token", json=True, file=str(HUNT_FILE), geo_addr=stack.addr("geo"),
+                              scan_addr=stack.addr("scan"), leaderboard_addr=stack.addr("leaderboard"))  # fmt: skip
+    ctl = Ctl(args)
+    try:
+        await ctl.import_()
+    finally:
+        await ctl.close()
+
+
+def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
+    name = f"thbench_{os.getpid()}"
+    dsn = asyncio.run(_prepare_db(admin_dsn, name))
+    stack = Stack(
+        REPO / ".run" / f"bench-{os.getpid()}", dsn, LOG_LEVEL="WARNING", SCAN_RATE_LIMIT="100"
+    )
+    runs: list[dict] = []
+    try:
+        asyncio.run(stack.start())
+        asyncio.run(_import_hunt(stack))
+        addr = stack.addr("scan")
+        plan = [("unloaded", {"concurrency": 1}), ("closed", {"concurrency": 8})]
+        plan += [("open", {"rate": r}) for r in args.rates]
+        for _label, load in plan:
+            result = loadgen("scan", addr, duration=args.duration, **load)
+            print(describe(result), flush=True)
+            runs.append(result)
+    finally:
+        asyncio.run(stack.stop())
+        asyncio.run(_drop_db(admin_dsn, name))
+    return runs
+
+
+def run_echo_floor(args: argparse.Namespace) -> list[dict]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(port)], cwd=REPO)
+    try:
+        time.sleep(1.0)
+        runs = []
+        for load in ({"concurrency": 1}, {"concurrency": 8}, {"rate": max(args.rates)}):
+            result = loadgen("echo", f"127.0.0.1:{port}", duration=args.duration, **load)
+            print(describe(result), flush=True)
+            runs.append(result)
+        return runs
+    finally:
+        stop_pid(server.pid)
+
+
+def service_benches(quick: bool) -> dict:
+    found = {}
+    for name in ("geo", "score", "leaderboard"):
+        if not (REPO / "bench" / f"{name}_bench.py").exists():
+            continue
+        print(f"\n== {name} read benchmarks ==", flush=True)
+        command = [sys.executable, "-m", f"bench.{name}_bench"] + (["--quick"] if quick else [])
+        done = subprocess.run(command, cwd=REPO, timeout=1800)
+        path = RESULTS / f"{name}.json"
+        if done.returncode == 0 and path.exists():
+            found[name] = json.loads(path.read_text())
+        else:
+            found[name] = {"error": f"exit {done.returncode}"}
+    return found
+
+
+def write_summary(report: dict) -> None:
+    scan_runs, floor = report["scan"], report["floor"]
+    unloaded = next(r for r in scan_runs if r["mode"] == "closed" and r["concurrency"] == 1)
+    eight = next(r for r in scan_runs if r["mode"] == "closed" and r["concurrency"] == 8)
+    echo8 = next(r for r in floor if r["mode"] == "closed" and r["concurrency"] == 8)
+    lines = [
+        f"# Benchmark results — {report['when']}",
+        "",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['memory_gib']} GiB, Python {report['machine']['python']}. Everything on this one machine.",
+        "",
+        "| run | load | achieved /s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in scan_runs + floor:
+        load = (
+            f"open {r['offered_rate']:g}/s"
+            if r["mode"] == "open"
+            else f"{r['concurrency']} in flight"
+        )
+        lines.append(
+            f"| {r['target']} | {load} | {r['rate_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} |"
+        )
+    lines += [
+        "",
+        f"SubmitScan unloaded p50: {unloaded['p50_ms']:.2f} ms. At 8 in flight: {eight['rate_per_s']:.0f} scans/s, "
+        f"p99 {eight['p99_ms']:.1f} ms.",
+        f"Floor (bare grpc.aio echo, 8 in flight): {echo8['rate_per_s']:.0f} calls/s; SubmitScan reaches "
+        f"{eight['rate_per_s'] / echo8['rate_per_s']:.2%} of it (ratio {report['floor_ratio']:.3f}).",
+        "",
+        "![latency](latency.png)",
+    ]
+    for name, figures in report.get("services", {}).items():
+        lines += ["", f"## {name}", "", "```", json.dumps(figures, indent=1)[:3000], "```"]
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per load step")
+    parser.add_argument("--rates", type=float, nargs="+", default=[200, 400, 620, 800])
+    parser.add_argument("--quick", action="store_true", help="short steps and small data sets")
+    parser.add_argument(
+        "--skip-services", action="store_true", help="only the SubmitScan and floor runs"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.duration = 5.0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    admin_dsn, private = find_postgres(os.environ.get("PG_DSN", ""), REPO / ".run")
+    try:
+        print("== SubmitScan through the whole stack ==", flush=True)
+        scan_runs = run_scan_bench(args, admin_dsn)
+        print("\n== floor: bare grpc.aio echo ==", flush=True)
+        floor = run_echo_floor(args)
+    finally:
+        if private is not None:
+            private.stop()
+    eight = next(r for r in scan_runs if r["mode"] == "closed" and r["concurrency"] == 8)
+    echo8 = next(r for r in floor if r["mode"] == "closed" and r["concurrency"] == 8)
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "scan": scan_runs,
+        "floor": floor,
+        "floor_ratio": eight["rate_per_s"] / echo8["rate_per_s"],
+        "services": {} if args.skip_services else service_benches(args.quick),
+    }
+    plot(scan_runs + floor, RESULTS / "latency.png")
+    for run in scan_runs + floor:
+        run.pop("latencies_ms", None)
+    (RESULTS / "scan.json").write_text(json.dumps(report, indent=2))
+    write_summary(report)
+    print(f"\nfloor ratio (SubmitScan / echo at 8 in flight): {report['floor_ratio']:.3f}")
+    print(f"results: {RESULTS}/scan.json, summary.md, latency.png")
+
+
+if __name__ == "__main__":
+    main()

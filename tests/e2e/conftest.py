@@ -1,0 +1,48 @@
+"""End-to-end fixtures: the whole stack as real processes, per test module."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.conftest import RUN_DIR, dsn_for
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+async def stack_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
+    name = f"thtest_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    connection = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    finally:
+        await connection.close()
+    yield dsn_for(pg_admin_dsn, name)
+    connection = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def stack(stack_dsn: str, request) -> AsyncIterator[Stack]:
+    workdir = RUN_DIR / f"e2e-{os.getpid()}-{request.module.__name__.rsplit('.', 1)[-1]}"
+    extra = getattr(request.module, "STACK_ENV", {})
+    running = Stack(workdir, stack_dsn, **extra)
+    try:
+        await running.start()
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture(scope="module")
+async def db(stack_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(stack_dsn, min_size=1, max_size=4)
+    yield pool
+    await pool.close()

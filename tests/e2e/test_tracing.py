@@ -1,0 +1,158 @@
+"""One SubmitScan is one trace, received over OTLP as Jaeger would receive it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from tests.e2e.test_scan_flow import request
+from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN
+from tests.support.hunts import create_hunt, spots
+from tests.support.otlp import Receiver
+from tests.support.stack import CLIENT, Stack
+from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+async def receiver():
+    running = await Receiver().start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="module")
+async def stack(stack_dsn, receiver, request):
+    from tests.conftest import RUN_DIR
+
+    running = Stack(
+        RUN_DIR / f"e2e-tracing-{uuid.uuid4().hex[:6]}",
+        stack_dsn,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    try:
+        await running.start()
+        yield running
+    finally:
+        await running.stop()
+
+
+async def _wait_for(receiver: Receiver, predicate, timeout_s: float = 15.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate(receiver.spans):
+        assert time.monotonic() < deadline, (
+            f"spans never arrived: {[s['name'] for s in receiver.spans]}"
+        )
+        await asyncio.sleep(0.1)
+
+
+async def test_one_scan_is_one_trace_across_four_services(stack: Stack, receiver: Receiver):
+    hunt_id = f"traced-{uuid.uuid4().hex[:6]}"
+    cps = spots(hunt_id, 1)
+    await create_hunt(stack.geo(), hunt_id, cps)
+
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "mobile-backend"}))
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True))
+    )
+    channel = grpc.aio.insecure_channel(
+        stack.addr("scan"), interceptors=aio_client_interceptors(tracer_provider=provider)
+    )
+    try:
+        call = scan_pb2_grpc.ScanServiceStub(channel).SubmitScan(
+            request("tracy", hunt_id, cps[0], at=datetime.now(UTC)), metadata=CLIENT
+        )
+        reply = await call
+        trace_id = dict(await call.trailing_metadata())["x-trace-id"]
+    finally:
+        await channel.close()
+        await asyncio.to_thread(provider.force_flush)
+        await asyncio.to_thread(provider.shutdown)
+    assert reply.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
+
+    def delivered(spans) -> bool:
+        linked = [s for s in spans if any(t == trace_id for t, _ in s["links"])]
+        return bool(linked) and any(
+            s["service"] == "treasure-leaderboard" and s["trace_id"] == linked[0]["trace_id"]
+            for s in spans
+        )
+
+    await _wait_for(
+        receiver, lambda spans: delivered(spans) and any(s["name"] == "score.unlock" for s in spans)
+    )
+    spans = receiver.spans
+    in_trace = [s for s in spans if s["trace_id"] == trace_id]
+    by_id = {s["span_id"]: s for s in in_trace}
+    services = {s["service"] for s in in_trace}
+    assert {"mobile-backend", "treasure-scan", "treasure-geo", "treasure-score"} <= services
+
+    roots = [s for s in in_trace if not s["parent_id"]]
+    assert len(roots) == 1 and roots[0]["service"] == "mobile-backend"
+    for span in in_trace:  # one tree: every parent is in the trace
+        assert not span["parent_id"] or span["parent_id"] in by_id, span["name"]
+
+    def server(service: str, method: str):
+        found = [
+            s
+            for s in in_trace
+            if s["service"] == service and s["name"].endswith(method) and s["kind"] == 2
+        ]
+        assert found, f"no server span {service} {method}"
+        return found[0]
+
+    scan_server = server("treasure-scan", "SubmitScan")
+    geo_server = server("treasure-geo", "CheckIn")
+    score_server = server("treasure-score", "Unlock")
+    assert by_id[scan_server["parent_id"]]["service"] == "mobile-backend"
+    assert by_id[geo_server["parent_id"]]["service"] == "treasure-scan"
+    assert by_id[score_server["parent_id"]]["service"] == "treasure-scan"
+    for span in (scan_server, geo_server, score_server):
+        assert span["attributes"]["rpc.system"] == "grpc"
+        assert span["attributes"]["rpc.service"].startswith("treasure.")
+
+    submit = next(s for s in in_trace if s["name"] == "scan.submit")
+    assert (
+        submit["attributes"]["hunt.id"] == hunt_id and submit["attributes"]["player.id"] == "tracy"
+    )
+    assert submit["attributes"]["scan.outcome"] == "unlocked"
+    unlock = next(s for s in in_trace if s["name"] == "score.unlock")
+    assert (
+        unlock["attributes"]["hunt.id"] == hunt_id and unlock["attributes"]["player.id"] == "tracy"
+    )
+
+    for service in ("treasure-scan", "treasure-score"):
+        pg = [
+            s
+            for s in in_trace
+            if s["service"] == service and s["attributes"].get("db.system") == "postgresql"
+        ]
+        assert pg and all(s["attributes"].get("db.statement") for s in pg), service
+    redis_spans = {s["service"] for s in in_trace if s["attributes"].get("db.system") == "redis"}
+    assert {"treasure-scan", "treasure-geo", "treasure-score"} <= redis_spans
+    assert any(
+        s["service"] == "treasure-score" and "EVALSHA" in s["name"].upper() for s in in_trace
+    )
+
+    deliver = next(s for s in spans if any(t == trace_id for t, _ in s["links"]))
+    assert deliver["service"] == "treasure-score"
+    assert any(
+        s["service"] == "treasure-leaderboard"
+        and s["trace_id"] == deliver["trace_id"]
+        and s["name"].endswith("SubmitScores")
+        for s in spans
+    )
+
+    for span in spans:  # no token anywhere in a span
+        text = repr(span)
+        for token in (CLIENT_TOKEN, SERVICE_TOKEN, ADMIN_TOKEN):
+            assert token not in text
