@@ -34,6 +34,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
 from libs import pg, rediskit
 from libs.auth import Authenticator, Role
@@ -134,6 +135,20 @@ class Runtime:
         except rediskit.ContractError as exc:
             raise StartupError(str(exc)) from exc
         self._probes.append(client.ping)
+        used = self.metrics.gauge("redis_used_memory_bytes", "used_memory of this service's Redis (all masters).")
+        limit = self.metrics.gauge("redis_maxmemory_bytes", "maxmemory of this service's Redis (all masters).")
+
+        async def report_memory() -> None:
+            while True:
+                try:
+                    used_bytes, max_bytes = await rediskit.memory(client)
+                    used.set(used_bytes)
+                    limit.set(max_bytes)
+                except (RedisError, OSError) as exc:
+                    log.debug("redis memory not read: %s", exc)
+                await asyncio.sleep(5.0)
+
+        self.background("redis-memory", report_memory)
         return client
 
     def channel(self, target: str) -> grpc.aio.Channel:

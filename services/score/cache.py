@@ -1,8 +1,356 @@
-"""The score service's Redis: what it holds and the contract it must keep."""
+"""The score service's Redis hot tier: a player's total (`keys.player_score`)
+and unlocked checkpoints (`keys.player_checkpoints`) per (hunt, player), 30 s
+TTL, written through after each commit and refilled from Postgres on a miss.
+
+Postgres is the truth; this tier may lose anything at any time (allkeys-lru,
+flush, restart). Its rules:
+- Every write is one Lua script on one slot that writes only when its version
+  is newer than the cached one, so racing writers never leave an older total.
+- The checkpoint set is served only when complete: it carries the version it is
+  complete for (`_v`), which must equal the score's version.
+- Every call has a short deadline; nothing here raises to the caller. Reads
+  answer None (a miss) and writes give up quietly (counted and logged, rate
+  limited). A write that failed twice marks the key dirty in a bounded L1 map,
+  so this process reads that player from Postgres until a refill succeeds, and
+  is retried once in the background with a longer deadline.
+- After a few consecutive failures a breaker skips Redis for a moment, so a
+  dead Redis costs nothing per call.
+"""
 
 from __future__ import annotations
 
-from libs.rediskit import RedisContract
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from libs.cache import MISSING, TtlCache
+from libs.metrics import Metrics
+from libs.rediskit import AnyRedis, RedisContract
+from services.score import keys
+from services.score.model import Progress, Score, UnlockedCheckpoint
+
+log = logging.getLogger(__name__)
 
 #: DESIGN.md's Redis table: hot tier: total, found, version per (hunt, player) (30 s TTL); unlocked set.
 CONTRACT = RedisContract(policy="allkeys-lru")
+
+# KEYS: score, checkpoints. ARGV: version, total, found, reached_us, ttl_ms,
+# checkpoint_id, checkpoint value. The set gains the checkpoint only when it
+# was complete for version - 1 (or this is the player's first unlock).
+_WRITE_THROUGH = """
+local v = tonumber(ARGV[1])
+local cv = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
+if cv >= v then return 0 end
+redis.call('HSET', KEYS[1], 't', ARGV[2], 'f', ARGV[3], 'v', ARGV[1], 'r', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local sv = tonumber(redis.call('HGET', KEYS[2], '_v') or '-1')
+if sv == v - 1 or (v == 1 and sv == -1) then
+  redis.call('HSET', KEYS[2], '_v', ARGV[1], ARGV[6], ARGV[7])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+return 1
+"""
+
+# KEYS: score, checkpoints. ARGV: version, total, found, reached_us, ttl_ms,
+# with_checkpoints (0/1), then checkpoint id/value pairs: the whole set.
+_FILL = """
+local v = tonumber(ARGV[1])
+local cv = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
+if cv < v then
+  redis.call('HSET', KEYS[1], 't', ARGV[2], 'f', ARGV[3], 'v', ARGV[1], 'r', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if ARGV[6] == '1' then
+  local sv = tonumber(redis.call('HGET', KEYS[2], '_v') or '-1')
+  if sv < v then
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[2], '_v', ARGV[1])
+    for i = 7, #ARGV, 2 do
+      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    end
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  end
+end
+return 1
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+#: Below rediskit's 64 pooled connections: more would fail, not wait.
+_MAX_IN_FLIGHT = 56
+_REPAIR_QUEUE = 1024
+_DIRTY_MAX = 100_000
+
+T = TypeVar("T")
+
+
+def _us(value: datetime | None) -> str:
+    return "" if value is None else str((value - _EPOCH) // _MICRO)
+
+
+def _time(us: str) -> datetime | None:
+    return None if us == "" else _EPOCH + timedelta(microseconds=int(us))
+
+
+def encode_checkpoint(cp: UnlockedCheckpoint) -> str:
+    return f"{cp.points_awarded}|{1 if cp.first_finder else 0}|{_us(cp.unlocked_at)}|{cp.scan_id}"
+
+
+def decode_checkpoint(checkpoint_id: str, value: str) -> UnlockedCheckpoint:
+    points, first, at, scan_id = value.split("|", 3)
+    return UnlockedCheckpoint(
+        checkpoint_id=checkpoint_id,
+        points_awarded=int(points),
+        first_finder=first == "1",
+        unlocked_at=_time(at),  # type: ignore[arg-type]
+        scan_id=scan_id,
+    )
+
+
+class _Unavailable(Exception):
+    """Internal: the hot tier did not answer (error, deadline, or breaker open)."""
+
+
+class _RateLimitedWarning:
+    """At most one warning per `interval_s`, saying how many were held back."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval = interval_s
+        self._last = -interval_s
+        self._held = 0
+
+    def __call__(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._held += 1
+            return
+        log.warning(message + " (%d similar held back)", *args, self._held)
+        self._last = now
+        self._held = 0
+
+
+class HotTier:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        metrics: Metrics,
+        *,
+        ttl_s: float = 30.0,
+        timeout_s: float = 0.005,
+        repair_timeout_s: float = 0.25,
+        breaker_failures: int = 5,
+        breaker_s: float = 1.0,
+        dirty_max: int = _DIRTY_MAX,
+    ) -> None:
+        self._redis = redis
+        self._write = redis.register_script(_WRITE_THROUGH)
+        self._fill = redis.register_script(_FILL)
+        self._ttl_ms = str(int(ttl_s * 1000))
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._repair_timeout_s = repair_timeout_s
+        self._breaker_failures = breaker_failures
+        self._breaker_s = breaker_s
+        self._failures = 0
+        self._open_until = 0.0
+        #: Players whose write-through failed: key -> the version Redis lacks.
+        self._dirty: TtlCache[str, int] = TtlCache(dirty_max, ttl_s)
+        self._dirty_max = dirty_max
+        #: When the dirty map overflowed: trust no key until then.
+        self._distrust_until = 0.0
+        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        self._repairs: asyncio.Queue[tuple[list[str], list[str], int]] = asyncio.Queue(
+            _REPAIR_QUEUE
+        )
+        self._metrics = metrics
+        self._errors = metrics.counter(
+            "score_hot_tier_errors_total",
+            "Hot-tier calls that failed or were skipped (breaker open), by operation.",
+            ("op",),
+        )
+        self._warn = _RateLimitedWarning()
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _call(self, op: str, call: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+        if self._open_until and time.monotonic() < self._open_until:
+            self._errors.labels(op).inc()
+            raise _Unavailable("breaker open")
+        try:
+            async with asyncio.timeout(timeout_s), self._slots:
+                result = await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._errors.labels(op).inc()
+            self._failures += 1
+            if self._failures >= self._breaker_failures and self._breaker_s > 0:
+                self._open_until = time.monotonic() + self._breaker_s
+                self._failures = 0
+                self._warn("score redis failing (%s); skipping it for %.1fs", exc, self._breaker_s)
+            else:
+                self._warn("score redis %s failed: %r", op, exc)
+            raise _Unavailable(op) from exc
+        self._failures = 0
+        self._open_until = 0.0
+        return result
+
+    def _trusted(self, key: str) -> bool:
+        if self._distrust_until and time.monotonic() < self._distrust_until:
+            return False
+        return self._dirty.get(key) is MISSING
+
+    def _mark_dirty(self, key: str, version: int) -> None:
+        if len(self._dirty) >= self._dirty_max:
+            self._distrust_until = time.monotonic() + self._ttl_s
+        self._dirty.put(key, version)
+
+    def _clean(self, key: str, version: int) -> None:
+        lacking = self._dirty.get(key)
+        if lacking is not MISSING and version >= lacking:  # type: ignore[operator]
+            self._dirty.invalidate(key)
+
+    # -- writes ---------------------------------------------------------------
+
+    async def record_unlock(
+        self, hunt_id: str, player_id: str, score: Score, checkpoint: UnlockedCheckpoint
+    ) -> None:
+        """Writes a committed unlock through (never raises)."""
+        score_key = keys.player_score(hunt_id, player_id)
+        redis_keys = [score_key, keys.player_checkpoints(hunt_id, player_id)]
+        args = [
+            str(score.version),
+            str(score.total_points),
+            str(score.checkpoints_found),
+            _us(score.reached_at),
+            self._ttl_ms,
+            checkpoint.checkpoint_id,
+            encode_checkpoint(checkpoint),
+        ]
+        for _attempt in range(2):
+            try:
+                await self._call(
+                    "write", lambda: self._write(keys=redis_keys, args=args), self._timeout_s
+                )
+            except _Unavailable:
+                if self._open_until:
+                    break
+                continue
+            self._clean(score_key, score.version)
+            return
+        self._mark_dirty(score_key, score.version)
+        try:
+            self._repairs.put_nowait((redis_keys, args, score.version))
+        except asyncio.QueueFull:
+            self._errors.labels("repair_dropped").inc()
+
+    async def run_repairs(self) -> None:
+        """Background loop: retries failed write-throughs once, longer deadline."""
+        while True:
+            redis_keys, args, version = await self._repairs.get()
+            try:
+                await self._call(
+                    "repair",
+                    lambda k=redis_keys, a=args: self._write(keys=k, args=a),
+                    self._repair_timeout_s,
+                )
+            except _Unavailable:
+                continue
+            self._clean(redis_keys[0], version)
+
+    async def fill_score(self, hunt_id: str, player_id: str, score: Score) -> None:
+        """Caches a score read from Postgres, unless a newer one is cached."""
+        await self._fill_keys(hunt_id, player_id, score, None)
+
+    async def fill_progress(self, hunt_id: str, player_id: str, progress: Progress) -> None:
+        """Caches a progress read from Postgres, unless newer ones are cached."""
+        await self._fill_keys(hunt_id, player_id, progress.score, progress.checkpoints)
+
+    async def _fill_keys(
+        self,
+        hunt_id: str,
+        player_id: str,
+        score: Score,
+        checkpoints: tuple[UnlockedCheckpoint, ...] | None,
+    ) -> None:
+        score_key = keys.player_score(hunt_id, player_id)
+        redis_keys = [score_key, keys.player_checkpoints(hunt_id, player_id)]
+        args = [
+            str(score.version),
+            str(score.total_points),
+            str(score.checkpoints_found),
+            _us(score.reached_at),
+            self._ttl_ms,
+            "0" if checkpoints is None else "1",
+        ]
+        for cp in checkpoints or ():
+            args += (cp.checkpoint_id, encode_checkpoint(cp))
+        try:
+            await self._call(
+                "fill", lambda: self._fill(keys=redis_keys, args=args), self._timeout_s
+            )
+        except _Unavailable:
+            return
+        self._clean(score_key, score.version)
+
+    # -- reads ----------------------------------------------------------------
+
+    async def score(self, hunt_id: str, player_id: str) -> Score | None:
+        """The cached score, or None (miss, dirty, or Redis unavailable)."""
+        key = keys.player_score(hunt_id, player_id)
+        if not self._trusted(key):
+            return None
+        try:
+            fields = await self._call(
+                "read", lambda: self._redis.hmget(key, "t", "f", "v", "r"), self._timeout_s
+            )
+        except _Unavailable:
+            return None
+        total, found, version, reached = fields
+        if total is None or found is None or version is None or reached is None:
+            self._metrics.cache_miss("score", "redis")
+            return None
+        self._metrics.cache_hit("score", "redis")
+        return Score(
+            total_points=int(total),
+            checkpoints_found=int(found),
+            reached_at=_time(reached),
+            version=int(version),
+        )
+
+    async def progress(self, hunt_id: str, player_id: str) -> Progress | None:
+        """The cached progress, or None unless the set is complete for the score."""
+        key = keys.player_score(hunt_id, player_id)
+        if not self._trusted(key):
+            return None
+        cps_key = keys.player_checkpoints(hunt_id, player_id)
+
+        async def read() -> list:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(key, "t", "f", "v", "r")
+            pipe.hgetall(cps_key)
+            return await pipe.execute()
+
+        try:
+            fields, cps = await self._call("read", read, self._timeout_s)
+        except _Unavailable:
+            return None
+        total, found, version, reached = fields
+        if None in (total, found, version, reached) or cps.get("_v") != version:
+            self._metrics.cache_miss("progress", "redis")
+            return None
+        self._metrics.cache_hit("progress", "redis")
+        checkpoints = sorted(
+            (decode_checkpoint(cp, value) for cp, value in cps.items() if cp != "_v"),
+            key=lambda c: (c.unlocked_at, c.checkpoint_id),
+        )
+        score = Score(
+            total_points=int(total),
+            checkpoints_found=int(found),
+            reached_at=_time(reached),
+            version=int(version),
+        )
+        return Progress(score=score, checkpoints=tuple(checkpoints))

@@ -1,5 +1,5 @@
 """How other services call score: `unlock` (scan), `stream_scores`
-(leaderboard rebuilds) and `get_score`."""
+(leaderboard rebuilds), `get_score` and `get_progress`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ class Score:
     total_points: int
     checkpoints_found: int
     reached_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UnlockedCheckpoint:
+    checkpoint_id: str
+    points_awarded: int
+    first_finder: bool
+    unlocked_at: datetime
+    scan_id: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    total_points: int
+    checkpoints_found: int
+    checkpoints: tuple[UnlockedCheckpoint, ...]  # oldest first
 
 
 def _ts(value: datetime) -> Timestamp:
@@ -84,17 +100,47 @@ class ScoreClient:
             unlock_scan_id=reply.unlock_scan_id,
         )
 
-    async def get_score(self, hunt_id: str, player_id: str, timeout_s: float | None = None) -> Score:
+    async def get_score(
+        self, hunt_id: str, player_id: str, timeout_s: float | None = None
+    ) -> Score:
         try:
             reply = await self._stub.GetScore(
-                score_pb2.GetScoreRequest(hunt_id=hunt_id, player_id=player_id), timeout=timeout_s or self._timeout_s
+                score_pb2.GetScoreRequest(hunt_id=hunt_id, player_id=player_id),
+                timeout=timeout_s or self._timeout_s,
             )
         except grpc.aio.AioRpcError as err:
             raise peer_error("score", err) from err
         return Score(
             total_points=reply.total_points,
             checkpoints_found=reply.checkpoints_found,
-            reached_at=reply.reached_at.ToDatetime(tzinfo=UTC) if reply.HasField("reached_at") else None,
+            reached_at=reply.reached_at.ToDatetime(tzinfo=UTC)
+            if reply.HasField("reached_at")
+            else None,
+        )
+
+    async def get_progress(
+        self, hunt_id: str, player_id: str, timeout_s: float | None = None
+    ) -> Progress:
+        try:
+            reply = await self._stub.GetProgress(
+                score_pb2.GetProgressRequest(hunt_id=hunt_id, player_id=player_id),
+                timeout=timeout_s or self._timeout_s,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise peer_error("score", err) from err
+        return Progress(
+            total_points=reply.total_points,
+            checkpoints_found=reply.checkpoints_found,
+            checkpoints=tuple(
+                UnlockedCheckpoint(
+                    checkpoint_id=c.checkpoint_id,
+                    points_awarded=c.points_awarded,
+                    first_finder=c.first_finder,
+                    unlocked_at=c.unlocked_at.ToDatetime(tzinfo=UTC),
+                    scan_id=c.scan_id,
+                )
+                for c in reply.checkpoints
+            ),
         )
 
     async def stream_scores(
