@@ -156,3 +156,52 @@ async def test_one_scan_is_one_trace_across_four_services(stack: Stack, receiver
         text = repr(span)
         for token in (CLIENT_TOKEN, SERVICE_TOKEN, ADMIN_TOKEN):
             assert token not in text
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _sum(values: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in values.items() if k.startswith(prefix))
+
+
+async def test_metrics_exist_and_move_after_a_scan(stack: Stack):
+    hunt_id = f"metered-{uuid.uuid4().hex[:6]}"
+    cps = spots(hunt_id, 1)
+    await create_hunt(stack.geo(), hunt_id, cps)
+    before = {
+        name: await asyncio.to_thread(_scrape, port) for name, port in stack.metrics_ports.items()
+    }
+    reply = await stack.scan().SubmitScan(
+        request("metered", hunt_id, cps[0], at=datetime.now(UTC)), metadata=CLIENT
+    )
+    assert reply.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
+    await asyncio.sleep(6)  # gauges refresh every few seconds
+    after = {
+        name: await asyncio.to_thread(_scrape, port) for name, port in stack.metrics_ports.items()
+    }
+
+    for service, method in (
+        ("scan", "SubmitScan"),
+        ("geo", "CheckIn"),
+        ("score", "Unlock"),
+        ("leaderboard", "SubmitScores"),
+    ):
+        key = f'rpc_server_duration_seconds_count{{code="OK",method="{method}"}}'
+        assert after[service].get(key, 0) > before[service].get(key, 0), (service, method)
+    for service in stack.metrics_ports:
+        assert after[service]["redis_maxmemory_bytes"] > 0
+        assert after[service]["redis_used_memory_bytes"] > 0
+    assert _sum(after["geo"], "cache_requests_total") > _sum(before["geo"], "cache_requests_total")
+    assert "scan_relay_backlog" in after["scan"]
+    assert any(k.startswith("score_outbox") for k in after["score"])
+    assert any("tile" in k and "age" in k for k in after["geo"])
