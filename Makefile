@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv protos check-protos lint test test-unit up down status demo bench clean
+.PHONY: help deps venv protos check-protos lint test test-unit up down status demo bench check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ demo: up ## the local stack plus a simulated festival in Lisbon (DEMO_ARGS="--pl
 
 bench: deps ## the load benchmark: SubmitScan open/closed loop, echo floor, service reads -> bench/results/
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+check: venv ## the invariant checker against the local stack (HUNT=lisbon-festival)
+	HUNTCTL_TOKEN=local-admin-token $(PY) -m tools.huntctl verify $(or $(HUNT),lisbon-festival)
 
 clean: down ## stop the stack and remove run files
 	rm -rf .run

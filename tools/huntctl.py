@@ -6,6 +6,7 @@
     huntctl scans PLAYER         a player's scans, newest first
     huntctl refresh-tiles HUNT   refresh the tile view now
     huntctl rebuild-board HUNT   rebuild a leaderboard from the scores
+    huntctl verify HUNT          check the invariants (nothing lost, nothing twice, board = scores)
 
 It talks gRPC with the token in --token or HUNTCTL_TOKEN (an admin token for
 writes). Output is a table, or JSON with --json. Errors print the gRPC status
@@ -314,6 +315,45 @@ class Ctl:
         self.out([row], list(row), row)
         return 0
 
+    async def verify(self) -> int:
+        from tools.verify import verify
+
+        scan_dsn = self.args.scan_dsn or _stack_setting("SCAN_PG_DSN")
+        score_dsn = self.args.score_dsn or _stack_setting("SCORE_PG_DSN")
+        if not scan_dsn or not score_dsn:
+            raise UsageError(
+                "verify needs --scan-dsn and --score-dsn (or SCAN_PG_DSN/SCORE_PG_DSN, or `make up`)"
+            )
+        report = await verify(
+            self.args.hunt, scan_dsn, score_dsn, self.channel("leaderboard"), self.metadata
+        )
+        if self.args.json:
+            print(json.dumps({"hunt_id": report.hunt_id, "ok": report.ok, "counts": report.counts,
+                              "problems": report.problems}, indent=2))  # fmt: skip
+        else:
+            print(f"{report.hunt_id}: " + ", ".join(f"{k} {v}" for k, v in report.counts.items()))
+            for problem in report.problems:
+                print(f"  DIFF {problem}")
+            print(
+                "OK: every invariant holds"
+                if report.ok
+                else f"FAILED: {len(report.problems)} differences"
+            )
+        return 0 if report.ok else 1
+
+
+def _stack_setting(name: str) -> str:
+    """A setting from the environment, else from the local stack's .run/stack.env."""
+    if os.environ.get(name):
+        return os.environ[name]
+    path = Path(__file__).resolve().parents[1] / ".run" / "stack.env"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == name:
+                return value
+    return ""
+
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="huntctl", description=__doc__.split("\n\n")[0])
@@ -349,6 +389,19 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("rebuild-board", help="rebuild a hunt's leaderboard from the scores")
     p.add_argument("hunt")
     p.set_defaults(run=Ctl.rebuild_board)
+    p = commands.add_parser(
+        "verify", help="check the invariants of a hunt; non-zero exit on any difference"
+    )
+    p.add_argument("hunt")
+    p.add_argument(
+        "--scan-dsn", default="", help="Postgres of scan (default: $SCAN_PG_DSN or the local stack)"
+    )
+    p.add_argument(
+        "--score-dsn",
+        default="",
+        help="Postgres of score (default: $SCORE_PG_DSN or the local stack)",
+    )
+    p.set_defaults(run=Ctl.verify)
     return top
 
 
