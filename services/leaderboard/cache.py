@@ -100,8 +100,11 @@ class BoardState:
         return bool(self.build)
 
 
-class BuildLost(Exception):
+class BuildLost(errors.Unavailable):
     """The rebuild's lock expired or was taken over; its work is void."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_s=1.0, reason="BOARD_REBUILD_LOST")
 
 
 _PRELUDE = """

@@ -1,9 +1,26 @@
-"""The gRPC face of the leaderboard service: validate, call, map."""
+"""The gRPC face of the leaderboard service: validate, call, map.
+
+The only place that converts between protos and the domain (`cache` and
+`watch` dataclasses); errors are `libs.errors` kinds that `libs.rpc` turns into
+status codes with details (UNAVAILABLE + RetryInfo while a board is rebuilt).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from libs import paging, validate
 from libs.auth import ADMIN, INTERNAL, PUBLIC
+from libs.channels import remaining
+from libs.errors import InvalidArgument
 from libs.server import Binding
+from services.leaderboard.board import Leaderboard
+from services.leaderboard.cache import Cursor, Entry, Update
+from services.leaderboard.watch import TopSnapshot, WatchHub
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
 
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.
@@ -16,9 +33,149 @@ ROLES = {
     "RebuildBoard": ADMIN,
 }
 
+MAX_UPDATES = 1000
+MAX_TOTAL_POINTS = 1_000_000_000
+MAX_TOP = 1000
+MAX_AROUND = 100
+MAX_WATCH = 100
+
+
+def _timestamp(ms: int) -> Timestamp:
+    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def _entry(entry: Entry) -> leaderboard_pb2.LeaderboardEntry:
+    return leaderboard_pb2.LeaderboardEntry(
+        rank=entry.rank,
+        player_id=entry.player_id,
+        total_points=entry.total,
+        reached_at=_timestamp(entry.reached_ms),
+    )
+
+
+def _cursor(token: str) -> Cursor | None:
+    raw = paging.decode(token, keys=("t", "r", "p"))
+    if raw is None:
+        return None
+    total, reached, player = raw["t"], raw["r"], raw["p"]
+    if (
+        not isinstance(total, int)
+        or not isinstance(reached, int)
+        or not isinstance(player, str)
+        or total < 0
+        or not validate.is_id(player)
+    ):
+        raise InvalidArgument("page_token", "is not a valid page token")
+    return Cursor(total, reached, player)
+
+
+def _token(cursor: Cursor | None) -> str:
+    if cursor is None:
+        return ""
+    return paging.encode({"t": cursor.total, "r": cursor.reached_ms, "p": cursor.player_id})
+
+
+def _updates(request: leaderboard_pb2.SubmitScoresRequest) -> dict[str, list[Update]]:
+    if not 1 <= len(request.updates) <= MAX_UPDATES:
+        raise InvalidArgument("updates", f"must hold 1 to {MAX_UPDATES} updates")
+    by_hunt: dict[str, list[Update]] = {}
+    for i, update in enumerate(request.updates):
+        field = f"updates[{i}]"
+        hunt_id = validate.require_id(f"{field}.hunt_id", update.hunt_id)
+        player_id = validate.require_id(f"{field}.player_id", update.player_id)
+        total = validate.require_int(
+            f"{field}.total_points", update.total_points, low=0, high=MAX_TOTAL_POINTS
+        )
+        version = validate.require_int(f"{field}.version", update.version, low=1)
+        reached = update.reached_at
+        validate.require_time(f"{field}.reached_at", reached, update.HasField("reached_at"))
+        reached_ms = reached.seconds * 1000 + reached.nanos // 1_000_000
+        hunt = by_hunt.get(hunt_id)
+        if hunt is None:
+            hunt = by_hunt[hunt_id] = []
+        hunt.append(Update(player_id, total, reached_ms, version))
+    return by_hunt
+
 
 class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
-    pass
+    def __init__(self, board: Leaderboard, hub: WatchHub) -> None:
+        self._board = board
+        self._hub = hub
+
+    async def SubmitScores(
+        self, request: leaderboard_pb2.SubmitScoresRequest, context: grpc.aio.ServicerContext
+    ) -> leaderboard_pb2.SubmitScoresResponse:
+        counts = await self._board.submit(_updates(request), wait_s=remaining(context, 1.0, 0.2))
+        return leaderboard_pb2.SubmitScoresResponse(applied=counts.applied, stale=counts.stale)
+
+    async def GetTop(
+        self, request: leaderboard_pb2.GetTopRequest, context: grpc.aio.ServicerContext
+    ) -> leaderboard_pb2.GetTopResponse:
+        hunt_id = validate.require_id("hunt_id", request.hunt_id)
+        limit = validate.page_size("limit", request.limit, default=10, maximum=MAX_TOP)
+        page = await self._board.top(hunt_id, limit, _cursor(request.page_token))
+        return leaderboard_pb2.GetTopResponse(
+            entries=[_entry(e) for e in page.entries],
+            next_page_token=_token(page.next_cursor),
+            player_count=page.player_count,
+        )
+
+    async def GetRank(
+        self, request: leaderboard_pb2.GetRankRequest, context: grpc.aio.ServicerContext
+    ) -> leaderboard_pb2.GetRankResponse:
+        hunt_id = validate.require_id("hunt_id", request.hunt_id)
+        player_id = validate.require_id("player_id", request.player_id)
+        entry, count = await self._board.rank(hunt_id, player_id)
+        return leaderboard_pb2.GetRankResponse(
+            rank=entry.rank,
+            total_points=entry.total,
+            player_count=count,
+            reached_at=_timestamp(entry.reached_ms),
+        )
+
+    async def GetAround(
+        self, request: leaderboard_pb2.GetAroundRequest, context: grpc.aio.ServicerContext
+    ) -> leaderboard_pb2.GetAroundResponse:
+        hunt_id = validate.require_id("hunt_id", request.hunt_id)
+        player_id = validate.require_id("player_id", request.player_id)
+        n = validate.page_size("n", request.n, default=5, maximum=MAX_AROUND)
+        around = await self._board.around(hunt_id, player_id, n)
+        return leaderboard_pb2.GetAroundResponse(
+            entries=[_entry(e) for e in around.entries], player_count=around.player_count
+        )
+
+    async def WatchTop(
+        self, request: leaderboard_pb2.WatchTopRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[leaderboard_pb2.WatchTopResponse]:
+        hunt_id = validate.require_id("hunt_id", request.hunt_id)
+        limit = validate.page_size("limit", request.limit, default=10, maximum=MAX_WATCH)
+        subscription = self._hub.subscribe(hunt_id, limit)
+        context.add_done_callback(lambda _context: subscription.close())
+        try:
+            while True:
+                snapshot = await subscription.next()
+                if snapshot.missing:
+                    self._board.rebuild_pending(hunt_id)
+                yield _watch_response(snapshot)
+        finally:
+            subscription.close()
+
+    async def RebuildBoard(
+        self, request: leaderboard_pb2.RebuildBoardRequest, context: grpc.aio.ServicerContext
+    ) -> leaderboard_pb2.RebuildBoardResponse:
+        hunt_id = validate.require_id("hunt_id", request.hunt_id)
+        result = await self._board.rebuild(hunt_id)
+        took = Duration()
+        took.FromNanoseconds(int(result.took_s * 1e9))
+        return leaderboard_pb2.RebuildBoardResponse(player_count=result.player_count, took=took)
+
+
+def _watch_response(snapshot: TopSnapshot) -> leaderboard_pb2.WatchTopResponse:
+    return leaderboard_pb2.WatchTopResponse(
+        entries=[_entry(e) for e in snapshot.entries],
+        player_count=snapshot.player_count,
+        as_of=_timestamp(snapshot.as_of_ms),
+    )
 
 
 def binding(servicer: LeaderboardServicer) -> Binding:

@@ -116,10 +116,11 @@ class _Unavailable(Exception):
     """Internal: the hot tier did not answer (error, deadline, or breaker open)."""
 
 
-class _RateLimitedWarning:
-    """At most one warning per `interval_s`, saying how many were held back."""
+class RateLimitedWarning:
+    """At most one warning per `interval_s` on `logger`, saying how many were held back."""
 
-    def __init__(self, interval_s: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self._log = logger
         self._interval = interval_s
         self._last = -interval_s
         self._held = 0
@@ -129,7 +130,7 @@ class _RateLimitedWarning:
         if now - self._last < self._interval:
             self._held += 1
             return
-        log.warning(message + " (%d similar held back)", *args, self._held)
+        self._log.warning(message + " (%d similar held back)", *args, self._held)
         self._last = now
         self._held = 0
 
@@ -173,7 +174,7 @@ class HotTier:
             "Hot-tier calls that failed or were skipped (breaker open), by operation.",
             ("op",),
         )
-        self._warn = _RateLimitedWarning()
+        self._warn = RateLimitedWarning(log)
 
     # -- plumbing -----------------------------------------------------------
 

@@ -14,6 +14,7 @@ import grpc
 from tests.e2e.test_scan_flow import request
 from tests.support.hunts import create_hunt, spots
 from tests.support.stack import CLIENT, Stack
+from tools.verify import verify
 from treasure.leaderboard.v1 import leaderboard_pb2
 from treasure.scan.v1 import scan_pb2
 from treasure.score.v1 import score_pb2
@@ -46,7 +47,7 @@ async def _play(
         await asyncio.sleep(0.05)
 
 
-async def test_kill_score_while_scans_are_in_flight(stack: Stack, db):
+async def test_kill_score_while_scans_are_in_flight(stack: Stack, db, stack_dsn):
     hunt_id = f"faults-{uuid.uuid4().hex[:6]}"
     cps = spots(hunt_id, CHECKPOINTS)
     await create_hunt(stack.geo(), hunt_id, cps)
@@ -117,3 +118,7 @@ async def test_kill_score_while_scans_are_in_flight(stack: Stack, db):
                 assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)
             await asyncio.sleep(0.05)
         assert rank.total_points == expected
+
+    report = await verify(hunt_id, stack_dsn, stack_dsn, stack.channel("leaderboard"), CLIENT)
+    assert report.ok, report.problems
+    assert report.counts["unlocks"] == len(recorded)
