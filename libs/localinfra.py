@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,16 @@ class InfraError(Exception):
     """A local server cannot be had; the message says what to install or do."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(below: int = 65536) -> int:
+    """A loopback port nobody listens on now (`below` for Redis Cluster nodes,
+    whose bus port is the port + 10000)."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below)))
+            port = sock.getsockname()[1]
+        if port < below and (below == 65536 or not _port_open(port + 10000)):
+            return port
+    raise InfraError(f"no free port below {below}")
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -141,7 +148,7 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self, timeout_s: float = 20.0) -> RedisCluster:
-        ports = self.ports or [free_port() for _ in range(self.masters)]
+        ports = self.ports or [free_port(below=55535) for _ in range(self.masters)]
         for port in ports:
             node_dir = self.workdir / str(port)
             node = RedisServer(

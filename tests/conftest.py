@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,8 +16,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from libs import pg
-from libs.localinfra import RedisServer, find_postgres, free_port
+from libs import pg, rediskit
+from libs.localinfra import RedisCluster, RedisServer, find_postgres, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / ".run" / "test"
@@ -82,33 +83,51 @@ async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     await _drop(pg_admin_dsn, name)
 
 
+def cluster_mode() -> bool:
+    """TEST_REDIS=cluster runs every service on its own 3-master Redis Cluster."""
+    return os.environ.get("TEST_REDIS", "standalone") == "cluster"
+
+
+def start_redis(service: str, workdir: Path) -> RedisServer | RedisCluster:
+    config = REPO / "services" / service / "redis.conf"
+    if cluster_mode():
+        return RedisCluster(config, workdir).start()
+    return RedisServer(config, free_port(), workdir).start()
+
+
 @pytest.fixture(scope="session")
-def redis_servers() -> Iterator[dict[str, RedisServer]]:
-    """One Redis per service, from services/<name>/redis.conf, on free ports."""
-    servers: dict[str, RedisServer] = {}
+def redis_servers() -> Iterator[dict[str, RedisServer | RedisCluster]]:
+    """One Redis per service (or one Redis Cluster, see `cluster_mode`), from
+    services/<name>/redis.conf, on free ports."""
+    servers: dict[str, RedisServer | RedisCluster] = {}
     try:
         for service in SERVICES:
-            server = RedisServer(
-                REPO / "services" / service / "redis.conf",
-                free_port(),
-                RUN_DIR / f"redis-{service}-{os.getpid()}",
-            )
-            servers[service] = server.start()
+            servers[service] = start_redis(service, RUN_DIR / f"redis-{service}-{os.getpid()}")
         yield servers
     finally:
         for server in servers.values():
             server.stop()
+        for service in SERVICES:
+            shutil.rmtree(RUN_DIR / f"redis-{service}-{os.getpid()}", ignore_errors=True)
+
+
+async def flush(url: str) -> None:
+    """FLUSHALL on every master behind `url`."""
+    client = rediskit.connect(url)
+    try:
+        if isinstance(client, aioredis.RedisCluster):
+            await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
+        else:
+            await client.flushall()
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
-async def redis_urls(redis_servers: dict[str, RedisServer]) -> dict[str, str]:
+async def redis_urls(redis_servers: dict[str, RedisServer | RedisCluster]) -> dict[str, str]:
     """The per-service Redis URLs, each flushed for this test."""
     for server in redis_servers.values():
-        client = aioredis.Redis.from_url(server.url)
-        try:
-            await client.flushall()
-        finally:
-            await client.aclose()
+        await flush(server.url)
     return {name: server.url for name, server in redis_servers.items()}
 
 

@@ -5,15 +5,16 @@ throwaway Postgres database. Services can be killed and restarted."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import grpc
 
-from libs.localinfra import RedisServer, free_port
+from libs.localinfra import RedisCluster, RedisServer, free_port
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, TOKENS, bearer
-from tests.support.services import REPO, spawn, wait_serving
+from tests.support.services import spawn, wait_serving
 from treasure.geo.v1 import geo_pb2_grpc
 from treasure.leaderboard.v1 import leaderboard_pb2_grpc
 from treasure.scan.v1 import scan_pb2_grpc
@@ -27,7 +28,7 @@ class Stack:
         self.workdir = workdir
         self.pg_dsn = pg_dsn
         self.extra_env = extra_env
-        self.redis: dict[str, RedisServer] = {}
+        self.redis: dict[str, RedisServer | RedisCluster] = {}
         self.ports = {name: free_port() for name in ORDER}
         self.metrics_ports = {name: free_port() for name in ORDER}
         self.processes: dict[str, subprocess.Popen] = {}
@@ -52,11 +53,10 @@ class Stack:
 
     async def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        from tests.conftest import start_redis
+
         for name in ORDER:
-            config = REPO / "services" / name / "redis.conf"
-            self.redis[name] = RedisServer(
-                config, free_port(), self.workdir / f"redis-{name}"
-            ).start()
+            self.redis[name] = start_redis(name, self.workdir / f"redis-{name}")
         for name in ORDER:
             self._spawn(name)
         await asyncio.gather(*(wait_serving(self.addr(n), 30) for n in ORDER))
@@ -96,7 +96,7 @@ class Stack:
     def leaderboard(self) -> leaderboard_pb2_grpc.LeaderboardServiceStub:
         return leaderboard_pb2_grpc.LeaderboardServiceStub(self.channel("leaderboard"))
 
-    async def stop(self) -> None:
+    async def stop(self, keep_files: bool = False) -> None:
         for channel in self._channels:
             await channel.close()
         for name in reversed(ORDER):
@@ -111,6 +111,8 @@ class Stack:
                 process.wait()
         for server in self.redis.values():
             server.stop()
+        if not keep_files:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 CLIENT = bearer(CLIENT_TOKEN)
