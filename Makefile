@@ -38,8 +38,8 @@ test: deps lint ## the whole suite against real Postgres and Redis servers it st
 test-unit: venv ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
 
-up: deps ## start Postgres, four Redis servers and the four services; print endpoints
-	$(PY) -m tools.stack up
+up: deps ## start Postgres, four Redis servers (CLUSTER=1: four Redis Clusters) and the four services
+	$(PY) -m tools.stack up $(if $(filter 1 yes true,$(CLUSTER)),--cluster)
 
 down: venv ## stop exactly what `make up` started
 	$(PY) -m tools.stack down

@@ -34,6 +34,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
 from libs import pg, rediskit
@@ -93,6 +94,7 @@ class Runtime:
         self._health = HealthServicer()
         self._probes: list[Callable[[], Awaitable[object]]] = []
         self._service_name = ""
+        self._memory_reported = False
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -135,21 +137,23 @@ class Runtime:
         except rediskit.ContractError as exc:
             raise StartupError(str(exc)) from exc
         self._probes.append(client.ping)
-        used = self.metrics.gauge("redis_used_memory_bytes", "used_memory of this service's Redis (all masters).")
-        limit = self.metrics.gauge("redis_maxmemory_bytes", "maxmemory of this service's Redis (all masters).")
-
-        async def report_memory() -> None:
-            while True:
-                try:
-                    used_bytes, max_bytes = await rediskit.memory(client)
-                    used.set(used_bytes)
-                    limit.set(max_bytes)
-                except (RedisError, OSError) as exc:
-                    log.debug("redis memory not read: %s", exc)
-                await asyncio.sleep(5.0)
-
-        self.background("redis-memory", report_memory)
+        if not self._memory_reported:  # the service's own Redis: the first one it opens
+            self._memory_reported = True
+            used = self.metrics.gauge("redis_used_memory_bytes", "used_memory of this service's Redis (all masters).")
+            limit = self.metrics.gauge("redis_maxmemory_bytes", "maxmemory of this service's Redis (all masters).")
+            self.background("redis-memory", lambda: self._report_memory(client, used, limit))
         return client
+
+    @staticmethod
+    async def _report_memory(client: rediskit.AnyRedis, used: Gauge, limit: Gauge) -> None:
+        while True:
+            try:
+                used_bytes, max_bytes = await rediskit.memory(client)
+                used.set(used_bytes)
+                limit.set(max_bytes)
+            except (RedisError, OSError) as exc:
+                log.debug("redis memory not read: %s", exc)
+            await asyncio.sleep(5.0)
 
     def channel(self, target: str) -> grpc.aio.Channel:
         """A channel to a peer service, closed at shutdown after the server stops."""

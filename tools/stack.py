@@ -23,7 +23,14 @@ from pathlib import Path
 import asyncpg
 
 from libs import pg
-from libs.localinfra import InfraError, PrivatePostgres, RedisServer, find_postgres, stop_pid
+from libs.localinfra import (
+    InfraError,
+    PrivatePostgres,
+    RedisCluster,
+    RedisServer,
+    find_postgres,
+    stop_pid,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / ".run"
@@ -74,7 +81,13 @@ def _record(name: str, pid: int) -> None:
     (PIDS / f"{name}.pid").write_text(f"{pid}\n")
 
 
-def stack_env(pg_dsn_base: str) -> dict[str, str]:
+def cluster_ports(name: str) -> list[int]:
+    """With CLUSTER=1, service N's Redis Cluster masters listen on 70N1-70N3."""
+    index = list(SERVICES).index(name) + 1
+    return [7000 + index * 10 + i for i in (1, 2, 3)]
+
+
+def stack_env(pg_dsn_base: str, cluster: bool = False) -> dict[str, str]:
     """Every setting of the four services in the local stack."""
     env = dict(LOCAL_TOKENS)
     dsn = f"{pg_dsn_base.rpartition('/')[0]}/{DATABASE}"
@@ -82,7 +95,11 @@ def stack_env(pg_dsn_base: str) -> dict[str, str]:
         prefix = name.upper()
         env[f"{prefix}_GRPC_LISTEN"] = f"127.0.0.1:{grpc_port}"
         env[f"{prefix}_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
-        env[f"{prefix}_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        env[f"{prefix}_REDIS_URL"] = (
+            f"redis+cluster://127.0.0.1:{cluster_ports(name)[0]}"
+            if cluster
+            else f"redis://127.0.0.1:{redis_port}/0"
+        )
         env[f"{prefix}_SERVICE_ADDR"] = f"127.0.0.1:{grpc_port}"
         if name in WITH_PG:
             env[f"{prefix}_PG_DSN"] = dsn
@@ -130,6 +147,24 @@ async def _wait_serving(targets: dict[str, str], timeout_s: float) -> list[str]:
     return sorted(pending)
 
 
+def _start_redis(name: str, port: int, cluster: bool) -> None:
+    """The service's Redis from its pinned config, unless it runs already."""
+    config = REPO / "services" / name / "redis.conf"
+    if not cluster:
+        if not _pid_of(f"redis-{name}"):
+            server = RedisServer(config, port, RUN / f"redis-{name}", detach=True).start()
+            _record(f"redis-{name}", server.pid)
+        return
+    if _pid_of(f"redis-{name}-1"):
+        return
+    workdir = RUN / f"redis-{name}-cluster"
+    for stale in workdir.glob("*/nodes-*.conf"):
+        stale.unlink()  # a fresh cluster each time
+    nodes = RedisCluster(config, workdir, ports=cluster_ports(name), detach=True).start().nodes
+    for i, node in enumerate(nodes, 1):
+        _record(f"redis-{name}-{i}", node.pid)
+
+
 def up(args: argparse.Namespace) -> int:
     RUN.mkdir(exist_ok=True)
     LOGS.mkdir(exist_ok=True)
@@ -142,21 +177,15 @@ def up(args: argparse.Namespace) -> int:
         (RUN / "private-pg").write_text(str(private.datadir))
         print(f"  started a private Postgres in {private.datadir} on port {private.port}")
     asyncio.run(_ensure_database(admin_dsn))
-    env = stack_env(admin_dsn)
+    env = stack_env(admin_dsn, cluster=args.cluster)
     (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
 
     for name, (_, _, redis_port) in SERVICES.items():
-        if _pid_of(f"redis-{name}"):
-            continue
-        server = RedisServer(
-            REPO / "services" / name / "redis.conf", redis_port, RUN / f"redis-{name}", detach=True
-        )
         try:
-            server.start()
-        except InfraError as exc:
+            _start_redis(name, redis_port, args.cluster)
+        except (InfraError, subprocess.CalledProcessError) as exc:
             print(f"redis for {name}: {exc}", file=sys.stderr)
             return 1
-        _record(f"redis-{name}", server.pid)
 
     asyncio.run(_migrate(env["SCAN_PG_DSN"]))
 
@@ -187,13 +216,20 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_names() -> list[str]:
+    return [
+        *(f"redis-{n}" for n in SERVICES),
+        *(f"redis-{n}-{i}" for n in SERVICES for i in (1, 2, 3)),
+    ]
+
+
 def _print_summary(env: dict[str, str]) -> None:
     print("\nTreasure Hunt Engine is up.\n")
     print(f"  {'service':<12} {'gRPC':<17} {'metrics':<22} {'redis':<24} log")
-    for name, (grpc_port, metrics_port, redis_port) in SERVICES.items():
+    for name, (grpc_port, metrics_port, _) in SERVICES.items():
         print(
             f"  {name:<12} 127.0.0.1:{grpc_port:<7} http://127.0.0.1:{metrics_port}/metrics"
-            f"  redis://127.0.0.1:{redis_port}  .run/logs/{name}.log"
+            f"  {env[name.upper() + '_REDIS_URL']:<30}  .run/logs/{name}.log"
         )
     print(f"\n  postgres: {env['SCAN_PG_DSN']}")
     print(
@@ -204,7 +240,7 @@ def _print_summary(env: dict[str, str]) -> None:
 
 def down(_args: argparse.Namespace) -> int:
     stopped = []
-    for name in [*reversed(SERVICES), *(f"redis-{n}" for n in SERVICES)]:
+    for name in [*reversed(SERVICES), *_redis_names()]:
         path = PIDS / f"{name}.pid"
         pid = _pid_of(name)
         if pid is not None:
@@ -221,9 +257,13 @@ def down(_args: argparse.Namespace) -> int:
 
 
 def status(_args: argparse.Namespace) -> int:
-    rows = {name: _pid_of(name) for name in [*SERVICES, *(f"redis-{n}" for n in SERVICES)]}
+    rows = {
+        name: _pid_of(name)
+        for name in [*SERVICES, *_redis_names()]
+        if (PIDS / f"{name}.pid").exists()
+    }
     print(json.dumps(rows, indent=2))
-    return 0 if all(rows.values()) else 1
+    return 0 if rows and all(rows.values()) else 1
 
 
 def main() -> None:
@@ -235,6 +275,7 @@ def main() -> None:
     up_parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for SERVING"
     )
+    up_parser.add_argument("--cluster", action="store_true", help="a 3-master Redis Cluster per service")
     up_parser.set_defaults(run=up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=down)
     commands.add_parser("status", help="pids of what runs").set_defaults(run=status)
