@@ -130,9 +130,9 @@ async def test_each_outcome(stack: Stack, hunt):
     )
     assert reply.outcome == scan_pb2.SCAN_OUTCOME_UNKNOWN_TAG
 
-    # cp0 is 750 m from cp5: ten seconds after the last scan is 75 m/s.
+    # The last plausible position is 200 m north of cp4, 630 m from cp0: 5 s later is 126 m/s.
     cheat = await scan.SubmitScan(
-        request(player, hunt_id, cps[0], at=now - timedelta(minutes=5) + timedelta(seconds=10)),
+        request(player, hunt_id, cps[0], at=now - timedelta(minutes=3) + timedelta(seconds=5)),
         metadata=CLIENT,
     )
     assert cheat.outcome == scan_pb2.SCAN_OUTCOME_IMPLAUSIBLE_SPEED and cheat.points_awarded == 0
