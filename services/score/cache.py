@@ -13,8 +13,9 @@ flush, restart). Its rules:
   limited). A write that failed twice marks the key dirty in a bounded L1 map,
   so this process reads that player from Postgres until a refill succeeds, and
   is retried once in the background with a longer deadline.
-- After a few consecutive failures a breaker skips Redis for a moment, so a
-  dead Redis costs nothing per call.
+- After a few consecutive connection failures a breaker skips Redis for a
+  moment, so a dead Redis costs nothing per call (a silent one costs at most
+  the deadline).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from libs.cache import MISSING, TtlCache
 from libs.metrics import Metrics
@@ -187,7 +189,11 @@ class HotTier:
                 result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
             self._errors.labels(op).inc()
-            self._failures += 1
+            # Only a refused or broken connection counts towards the breaker: a
+            # missed deadline is as likely a busy event loop as a slow Redis,
+            # and it already bounds what the call cost.
+            if not isinstance(exc, (TimeoutError, RedisTimeoutError)):
+                self._failures += 1
             if self._failures >= self._breaker_failures and self._breaker_s > 0:
                 self._open_until = time.monotonic() + self._breaker_s
                 self._failures = 0

@@ -1,0 +1,230 @@
+"""The score service's Postgres: unlocks, totals, progress, the stream of a
+hunt's totals and the outbox the relay drains.
+
+Every method is one statement (the Unlock is one call of `score.unlock()`,
+created by migrations/0001), so each costs one round trip. Connection-level
+failures surface as `Unavailable`; a scan_id reused for another checkpoint as
+`FailedPrecondition`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from libs import errors
+from services.score.model import (
+    ZERO,
+    OutboxRow,
+    PlayerTotal,
+    Progress,
+    Score,
+    UnlockedCheckpoint,
+    UnlockKind,
+    UnlockOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+_KINDS = {1: UnlockKind.UNLOCKED, 2: UnlockKind.REPLAYED, 3: UnlockKind.ALREADY_UNLOCKED}
+
+_UNLOCK = "SELECT * FROM score.unlock($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+_SCORE = """
+SELECT total, found, reached_at, version FROM score.player_scores
+ WHERE hunt_id = $1 AND player_id = $2"""
+
+# One statement, one snapshot: the total and the checkpoints always agree.
+_PROGRESS = """
+SELECT s.total, s.found, s.reached_at, s.version,
+       u.checkpoint_id, u.points_awarded, u.first_finder, u.unlocked_at, u.scan_id
+  FROM score.player_scores s
+  LEFT JOIN score.unlocks u ON u.hunt_id = s.hunt_id AND u.player_id = s.player_id
+ WHERE s.hunt_id = $1 AND s.player_id = $2
+ ORDER BY u.unlocked_at, u.checkpoint_id"""
+
+# Keyset pagination on the primary key (hunt_id, player_id).
+_TOTALS_PAGE = """
+SELECT player_id, total, reached_at, version FROM score.player_scores
+ WHERE hunt_id = $1 AND player_id > $2
+ ORDER BY player_id
+ LIMIT $3"""
+
+_CLAIM = """
+SELECT id, hunt_id, player_id, total, reached_at, version, traceparent, tracestate
+  FROM score.outbox
+ ORDER BY id
+ LIMIT $1
+ FOR UPDATE SKIP LOCKED"""
+
+_ACK = "DELETE FROM score.outbox WHERE id = ANY($1::bigint[])"
+
+_OUTBOX_STATS = """
+SELECT count(*) AS depth,
+       coalesce(extract(epoch FROM now() - (SELECT created_at FROM score.outbox
+                                              ORDER BY id LIMIT 1)), 0)::float8 AS age
+  FROM score.outbox"""
+
+#: SQLSTATEs that mean "try again": connection trouble, serialization, deadlock.
+_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError)):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc).lower():
+        return True
+    return getattr(exc, "sqlstate", None) in _TRANSIENT_STATES
+
+
+@contextlib.contextmanager
+def _mapped(what: str):
+    """Transient Postgres failures become `Unavailable` (the caller may retry)."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        if getattr(exc, "sqlstate", None) == "SC001":
+            raise errors.FailedPrecondition(
+                "scan_id was already used to unlock another checkpoint", reason="SCAN_ID_REUSED"
+            ) from exc
+        if _is_transient(exc):
+            log.warning("postgres unavailable during %s: %s", what, exc)
+            raise errors.Unavailable(
+                f"scores are unavailable: {what}", retry_after_s=0.5, reason="STORE_UNAVAILABLE"
+            ) from exc
+        raise
+
+
+class OutboxClaim:
+    """Outbox rows locked (FOR UPDATE SKIP LOCKED) by this relay until the
+    claim ends; `acknowledge()` deletes them in the same transaction."""
+
+    def __init__(self, connection: asyncpg.Connection, rows: list[OutboxRow]) -> None:
+        self._connection = connection
+        self.rows = rows
+
+    async def acknowledge(self) -> None:
+        with _mapped("outbox ack"):
+            await self._connection.execute(_ACK, [row.id for row in self.rows])
+
+
+class ScoreStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def unlock(
+        self,
+        *,
+        scan_id: str,
+        hunt_id: str,
+        player_id: str,
+        checkpoint_id: str,
+        points: int,
+        first_finder_bonus: int,
+        at: datetime,
+        traceparent: str,
+        tracestate: str,
+    ) -> UnlockOutcome:
+        """Applies one unlock (see score.unlock() in migrations/0001)."""
+        with _mapped("unlock"):
+            row = await self._pool.fetchrow(
+                _UNLOCK,
+                scan_id,
+                hunt_id,
+                player_id,
+                checkpoint_id,
+                points,
+                first_finder_bonus,
+                at,
+                traceparent,
+                tracestate,
+            )
+        return UnlockOutcome(
+            kind=_KINDS[row[0]],
+            points_awarded=row[1],
+            first_finder=row[2],
+            score=Score(
+                total_points=row[3], checkpoints_found=row[4], reached_at=row[5], version=row[6]
+            ),
+            unlock_scan_id=row[7],
+        )
+
+    async def score(self, hunt_id: str, player_id: str) -> Score:
+        with _mapped("score"):
+            row = await self._pool.fetchrow(_SCORE, hunt_id, player_id)
+        if row is None:
+            return ZERO
+        return Score(
+            total_points=row[0], checkpoints_found=row[1], reached_at=row[2], version=row[3]
+        )
+
+    async def progress(self, hunt_id: str, player_id: str) -> Progress:
+        with _mapped("progress"):
+            rows = await self._pool.fetch(_PROGRESS, hunt_id, player_id)
+        if not rows:
+            return Progress(score=ZERO, checkpoints=())
+        first = rows[0]
+        score = Score(
+            total_points=first[0], checkpoints_found=first[1], reached_at=first[2], version=first[3]
+        )
+        checkpoints = tuple(
+            UnlockedCheckpoint(
+                checkpoint_id=r[4],
+                points_awarded=r[5],
+                first_finder=r[6],
+                unlocked_at=r[7],
+                scan_id=r[8],
+            )
+            for r in rows
+            if r[4] is not None
+        )
+        return Progress(score=score, checkpoints=checkpoints)
+
+    async def totals(self, hunt_id: str, page_size: int) -> AsyncIterator[list[PlayerTotal]]:
+        """Every total of a hunt, ordered by player_id, `page_size` at a time.
+        One query per page (keyset), so memory is one page however big the hunt."""
+        after = ""
+        while True:
+            with _mapped("totals"):
+                rows = await self._pool.fetch(_TOTALS_PAGE, hunt_id, after, page_size)
+            if not rows:
+                return
+            yield [
+                PlayerTotal(player_id=r[0], total_points=r[1], reached_at=r[2], version=r[3])
+                for r in rows
+            ]
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+    @contextlib.asynccontextmanager
+    async def claim_outbox(self, limit: int) -> AsyncIterator[OutboxClaim]:
+        """Locks up to `limit` of the oldest outbox rows no other relay holds,
+        for the duration of the block (one transaction; rolled back on error)."""
+        with _mapped("outbox claim"):
+            async with self._pool.acquire() as connection, connection.transaction():
+                rows = await connection.fetch(_CLAIM, limit)
+                yield OutboxClaim(connection, [_outbox_row(r) for r in rows])
+
+    async def outbox_stats(self) -> tuple[int, float]:
+        """(rows waiting, age in seconds of the oldest)."""
+        with _mapped("outbox stats"):
+            row = await self._pool.fetchrow(_OUTBOX_STATS)
+        return int(row[0]), float(row[1])
+
+
+def _outbox_row(r: Sequence) -> OutboxRow:
+    return OutboxRow(
+        id=r[0],
+        hunt_id=r[1],
+        player_id=r[2],
+        total_points=r[3],
+        reached_at=r[4],
+        version=r[5],
+        traceparent=r[6],
+        tracestate=r[7],
+    )
