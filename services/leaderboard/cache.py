@@ -1,11 +1,12 @@
 """The leaderboard's Redis: one board per hunt (keys.py), read and written only
 through the Lua scripts below, each touching the one slot of its hunt.
 
-- `submit`: one script per hunt, pipelined across the hunts of a batch. Per
+- `submit`: one script per hunt, pipelined across the hunts of a batch (on
+  Redis Cluster, which refuses EVALSHA in pipelines: concurrent calls). Per
   player the newest version wins; a version not newer than the stored one
-  changes nothing, so replays are harmless. It writes the live board (if its
-  build marker exists) and the board being rebuilt (if a rebuild holds the
-  lock), and never creates a board: a hunt with neither answers "missing".
+  changes nothing, so replays are harmless. It writes the live board and,
+  while a rebuild holds the lock, the board being rebuilt too. It never
+  creates a board: a hunt without a build marker answers "missing".
 - reads (`top`, `rank`, `around`, `state`) are `no-writes` scripts: one round
   trip, a consistent view, and they still run when Redis is at maxmemory.
 - rebuilds: `begin_build` takes the per-hunt lock (SET NX PX) and clears
@@ -22,11 +23,13 @@ unreachable becomes `Unavailable`. Results are small frozen dataclasses.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -142,19 +145,19 @@ local function chunked(cmd, key, flat, n)
     redis.call(cmd, key, unpack(flat, i, math.min(i + n - 1, #flat)))
   end
 end
--- Updates are ARGV quads (player, version, total, reached_ms) from `first`.
--- Per player the newest version is kept; the others are stale.
-local function collapse(first)
+-- Updates come as one ARGV blob of lines `player version total reached_ms`
+-- (one argument is far cheaper to send than four per update). Per player the
+-- newest version is kept; the others are stale.
+local function collapse(blob)
   local order, best, stale = {}, {}, 0
-  for i = first, #ARGV, 4 do
-    local p = ARGV[i]
+  for p, v, t, m in string.gmatch(blob, '(%S+) (%d+) (%d+) (%d+)') do
     local b = best[p]
     if not b then
-      best[p] = i
+      best[p] = {v, t, m}
       order[#order + 1] = p
     else
       stale = stale + 1
-      if newer(ARGV[i + 1], ARGV[b + 1]) then best[p] = i end
+      if newer(v, b[1]) then best[p] = {v, t, m} end
     end
   end
   return order, best, stale
@@ -168,14 +171,13 @@ local function apply(board, players, epoch, order, best, changed)
   end
   local zargs, hargs = {}, {}
   for k, p in ipairs(order) do
-    local i = best[p]
-    local v = ARGV[i + 1]
+    local u = best[p]
     local cur = current[k]
-    if not cur or newer(v, string.match(cur, '^(%d+)')) then
-      zargs[#zargs + 1] = encode(tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), epoch)
+    if not cur or newer(u[1], string.match(cur, '^(%d+)')) then
+      zargs[#zargs + 1] = encode(tonumber(u[2]), tonumber(u[3]), epoch)
       zargs[#zargs + 1] = p
       hargs[#hargs + 1] = p
-      hargs[#hargs + 1] = v .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3]
+      hargs[#hargs + 1] = u[1] .. '|' .. u[2] .. '|' .. u[3]
       changed[p] = true
     end
   end
@@ -189,18 +191,24 @@ local function owned(lock, id)
 end
 """
 
-# KEYS: board, players, meta, lock, tmp_board, tmp_players. ARGV: update quads.
-# -> {1, applied, stale}, or {0, 0, 0} when the hunt has no board and no rebuild.
-_SUBMIT = """#!lua
-%s
+
+def _with_prelude(shebang: str, body: str) -> str:
+    return f"{shebang}\n{_PRELUDE}{body}"
+
+
+# KEYS: board, players, meta, lock, tmp_board, tmp_players. ARGV: the updates (`_blob`).
+# -> {1, applied, stale}, or {0, 0, 0} when the hunt has no board (nothing written).
+_SUBMIT = _with_prelude(
+    "#!lua",
+    """
 local epoch = redis.call('HGET', KEYS[3], 'epoch')
+if not epoch then return {0, 0, 0} end
 local lock = redis.call('GET', KEYS[4])
-if not epoch and not lock then return {0, 0, 0} end
-local order, best, stale = collapse(1)
+local order, best, stale = collapse(ARGV[1])
 local changed = {}
-if epoch then apply(KEYS[1], KEYS[2], tonumber(epoch), order, best, changed) end
+apply(KEYS[1], KEYS[2], tonumber(epoch), order, best, changed)
 if lock then
-  apply(KEYS[5], KEYS[6], tonumber(string.match(lock, '|(%%-?%%d+)$')), order, best, changed)
+  apply(KEYS[5], KEYS[6], tonumber(string.match(lock, '|(%-?%d+)$')), order, best, changed)
   local ttl = redis.call('PTTL', KEYS[4])
   if ttl > 0 then
     redis.call('PEXPIRE', KEYS[5], ttl)
@@ -211,14 +219,16 @@ local applied = 0
 for _, p in ipairs(order) do
   if changed[p] then applied = applied + 1 else stale = stale + 1 end
 end
-if applied > 0 and epoch then redis.call('HINCRBY', KEYS[3], 'seq', 1) end
+if applied > 0 then redis.call('HINCRBY', KEYS[3], 'seq', 1) end
 return {1, applied, stale}
-""" % _PRELUDE
+""",
+)
 
 # KEYS: meta, board, players. ARGV: limit [, total, reached_ms, player]: the cursor.
 # -> {0} missing, or {1, player_count, start, members, values}
-_TOP = """#!lua flags=no-writes
-%s
+_TOP = _with_prelude(
+    "#!lua flags=no-writes",
+    """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then return {0} end
 local count = redis.call('ZCARD', KEYS[2])
@@ -249,7 +259,8 @@ local members = redis.call('ZRANGE', KEYS[2], start, start + tonumber(ARGV[1]) -
 local values = {}
 if #members > 0 then values = redis.call('HMGET', KEYS[3], unpack(members)) end
 return {1, count, start, members, values}
-""" % _PRELUDE
+""",
+)
 
 # KEYS: meta, board, players. ARGV: player.
 # -> {0} missing, {2, count} not on the board, or {1, count, rank0, value}
@@ -291,21 +302,24 @@ end
 return 0
 """
 
-# KEYS: lock, tmp_board, tmp_players. ARGV: build_id, ttl_ms, update quads. -> -1 lock lost
-_PAGE = """#!lua
-%s
+# KEYS: lock, tmp_board, tmp_players. ARGV: build_id, ttl_ms, the updates. -> -1 lock lost
+_PAGE = _with_prelude(
+    "#!lua",
+    """
 local epoch = owned(redis.call('GET', KEYS[1]), ARGV[1])
 if not epoch then return -1 end
-local order, best = collapse(3)
+local order, best = collapse(ARGV[3])
 apply(KEYS[2], KEYS[3], epoch, order, best, {})
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return #order
-""" % _PRELUDE
+""",
+)
 
 # KEYS: lock, tmp_board, tmp_players, board, players, meta. ARGV: build_id, built_at_ms.
 # -> players on the new board, or -1 when the lock was lost. Frees memory, so allow-oom.
-_FINISH = """#!lua flags=allow-oom
-%s
+_FINISH = _with_prelude(
+    "#!lua flags=allow-oom",
+    """
 local epoch = owned(redis.call('GET', KEYS[1]), ARGV[1])
 if not epoch then return -1 end
 redis.call('UNLINK', KEYS[4], KEYS[5])
@@ -315,11 +329,12 @@ for i = 2, 3 do
     redis.call('RENAME', KEYS[i], KEYS[i + 2])
   end
 end
-redis.call('HSET', KEYS[6], 'build', ARGV[1], 'epoch', string.format('%%.0f', epoch), 'built_at', ARGV[2])
+redis.call('HSET', KEYS[6], 'build', ARGV[1], 'epoch', string.format('%.0f', epoch), 'built_at', ARGV[2])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('DEL', KEYS[1])
 return redis.call('ZCARD', KEYS[4])
-""" % _PRELUDE
+""",
+)
 
 # KEYS: lock, tmp_board, tmp_players. ARGV: build_id. Frees memory, so allow-oom.
 _ABORT = """#!lua flags=allow-oom
@@ -363,12 +378,10 @@ _SCRIPTS = {
 }
 
 
-def _flatten(updates: Sequence[Update]) -> list[object]:
-    args: list[object] = []
-    extend = args.extend
-    for u in updates:
-        extend((u.player_id, u.version, u.total, u.reached_ms))
-    return args
+def _blob(updates: Sequence[Update]) -> str:
+    """Updates as the scripts read them: `player version total reached_ms` lines
+    (ids are validated, so they hold no space or newline)."""
+    return "\n".join([f"{u.player_id} {u.version} {u.total} {u.reached_ms}" for u in updates])
 
 
 def _entries(start: int, members: list[str], values: list[str | None]) -> tuple[Entry, ...]:
@@ -411,16 +424,18 @@ class BoardStore:
         self, by_hunt: Mapping[str, Sequence[Update]]
     ) -> dict[str, SubmitCounts | None]:
         """Applies each hunt's updates (one script per hunt, one pipeline).
-        None for a hunt that has no board and no rebuild in progress."""
+        None for a hunt that has no board (nothing written)."""
         script = _SCRIPTS["submit"]
         hunts = list(by_hunt)
         with self._errors():
             if len(hunts) == 1:
                 hunt = hunts[0]
-                replies = [await script.run(self._redis, _submit_keys(hunt), _flatten(by_hunt[hunt]))]
+                replies = [
+                    await script.run(self._redis, _submit_keys(hunt), [_blob(by_hunt[hunt])])
+                ]
             else:
                 replies = await self._pipelined(
-                    script, [(_submit_keys(h), _flatten(by_hunt[h])) for h in hunts]
+                    script, [(_submit_keys(h), [_blob(by_hunt[h])]) for h in hunts]
                 )
         return {
             hunt: SubmitCounts(int(r[1]), int(r[2])) if int(r[0]) == 1 else None
@@ -430,6 +445,9 @@ class BoardStore:
     async def _pipelined(
         self, script: _Script, calls: list[tuple[list[str], list[object]]]
     ) -> list:
+        if isinstance(self._redis, RedisCluster):  # no EVALSHA in cluster pipelines:
+            # concurrent calls, each to the master of its hunt's slot
+            return list(await asyncio.gather(*(script.run(self._redis, *c) for c in calls)))
         pipe = self._redis.pipeline(transaction=False)
         for keys_, args in calls:
             pipe.evalsha(script.sha, len(keys_), *keys_, *args)
@@ -455,7 +473,7 @@ class BoardStore:
         keys_ = [keys.build_lock(hunt_id), keys.tmp_board(hunt_id), keys.tmp_players(hunt_id)]
         with self._errors():
             written = await _SCRIPTS["page"].run(
-                self._redis, keys_, [build_id, ttl_ms, *_flatten(updates)]
+                self._redis, keys_, [build_id, ttl_ms, _blob(updates)]
             )
         if int(written) < 0:
             raise BuildLost(f"rebuild {build_id} of {hunt_id} lost its lock")
@@ -471,9 +489,7 @@ class BoardStore:
             keys.meta(hunt_id),
         ]
         with self._errors():
-            players = int(
-                await _SCRIPTS["finish"].run(self._redis, keys_, [build_id, built_at_ms])
-            )
+            players = int(await _SCRIPTS["finish"].run(self._redis, keys_, [build_id, built_at_ms]))
         if players < 0:
             raise BuildLost(f"rebuild {build_id} of {hunt_id} lost its lock")
         return players

@@ -33,7 +33,9 @@ class LeaderboardClient:
         self._stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
         self._timeout_s = timeout_s
 
-    async def submit_scores(self, updates: Sequence[ScoreUpdate], timeout_s: float | None = None) -> SubmitResult:
+    async def submit_scores(
+        self, updates: Sequence[ScoreUpdate], timeout_s: float | None = None
+    ) -> SubmitResult:
         """Raises libs.errors.Unavailable / ResourceExhausted when the board
         cannot take them now: the caller keeps them and retries."""
         request = leaderboard_pb2.SubmitScoresRequest()

@@ -44,9 +44,7 @@ class LeaderboardConfig:
             redis_url=env.str("LEADERBOARD_REDIS_URL"),
             score_addr=env.str("SCORE_SERVICE_ADDR"),
             top_cache_ms=env.int("LEADERBOARD_TOP_CACHE_MS", 200, min=1, max=250),
-            top_cache_entries=env.int(
-                "LEADERBOARD_TOP_CACHE_ENTRIES", 2048, min=1, max=1_000_000
-            ),
+            top_cache_entries=env.int("LEADERBOARD_TOP_CACHE_ENTRIES", 2048, min=1, max=1_000_000),
             watch_rate=env.float("LEADERBOARD_WATCH_RATE", 4.0, min=0.1, max=100.0),
             reconcile_s=env.float("LEADERBOARD_RECONCILE_S", 600.0, min=0.0, max=86_400.0),
             rebuild_timeout_s=env.float(

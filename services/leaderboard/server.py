@@ -155,7 +155,7 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
             while True:
                 snapshot = await subscription.next()
                 if snapshot.missing:
-                    self._board.rebuild_pending(hunt_id)
+                    raise self._board.missing_error(hunt_id)
                 yield _watch_response(snapshot)
         finally:
             subscription.close()

@@ -1,0 +1,175 @@
+"""The leaderboard's operations: submit totals, read the boards, rebuild them.
+
+Sits between the servicer (which converts protos) and the Redis store
+(`cache.BoardStore`). It owns the rules a caller sees:
+- a board that is missing (no build marker) is never served nor written
+  piecemeal: reads answer UNAVAILABLE with a retry hint and start a rebuild;
+  submits start one, wait for it within their deadline and apply again, or
+  answer UNAVAILABLE (the score outbox keeps the rows and retries);
+- GetTop pages are kept in a bounded in-process cache for at most
+  LEADERBOARD_TOP_CACHE_MS (a hot hunt's top 10 does not hit Redis per call),
+  and concurrent misses of one page share one Redis call;
+- every hunt served is remembered for reconciliation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from opentelemetry.trace import Tracer
+
+from libs import errors
+from libs.cache import MISSING, SingleFlight, TtlCache
+from libs.metrics import Metrics
+from services.leaderboard.cache import (
+    Around,
+    BoardState,
+    BoardStore,
+    Cursor,
+    Entry,
+    SubmitCounts,
+    TopPage,
+    Update,
+)
+from services.leaderboard.rebuild import Rebuilder, RebuildResult
+
+_TopKey = tuple[str, int, Cursor | None]
+
+
+class Leaderboard:
+    def __init__(
+        self,
+        store: BoardStore,
+        rebuilder: Rebuilder,
+        tracer: Tracer,
+        metrics: Metrics,
+        *,
+        top_cache_ms: int = 200,
+        top_cache_entries: int = 2048,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._rebuilder = rebuilder
+        self._tracer = tracer
+        self._metrics = metrics
+        self._retry_after_s = retry_after_s
+        self._top_cache: TtlCache[_TopKey, TopPage] = TtlCache(
+            top_cache_entries, top_cache_ms / 1000.0
+        )
+        self._top_flight: SingleFlight[_TopKey, TopPage] = SingleFlight()
+
+    def missing_error(self, hunt_id: str, *, rebuild: bool = True) -> errors.Unavailable:
+        """The error for a missing board; starts its rebuild unless told not to."""
+        if rebuild:
+            self._rebuilder.kick(hunt_id)
+        return errors.Unavailable(
+            f"the board of hunt {hunt_id} is being rebuilt",
+            retry_after_s=self._retry_after_s,
+            reason="BOARD_REBUILDING",
+        )
+
+    # -- writes -------------------------------------------------------------
+
+    async def submit(
+        self, by_hunt: Mapping[str, Sequence[Update]], wait_s: float = 1.0
+    ) -> SubmitCounts:
+        """Applies totals (one script per hunt, one pipeline). A hunt without a
+        board gets one rebuilt first, within `wait_s`."""
+        with self._tracer.start_as_current_span(
+            "leaderboard.submit",
+            attributes={
+                "hunt.count": len(by_hunt),
+                "update.count": sum(len(u) for u in by_hunt.values()),
+            },
+        ) as span:
+            results = await self._store.submit(by_hunt)
+            missing = [hunt for hunt, counts in results.items() if counts is None]
+            if missing:
+                span.set_attribute("hunt.missing", len(missing))
+                await asyncio.gather(*(self._rebuilder.settled(h, wait_s) for h in missing))
+                again = await self._store.submit({h: by_hunt[h] for h in missing})
+                results.update(again)
+                still = [hunt for hunt, counts in again.items() if counts is None]
+                if still:
+                    raise self.missing_error(still[0], rebuild=False)  # one just ended
+            applied = stale = 0
+            for hunt, counts in results.items():
+                self._rebuilder.remember(hunt)
+                applied += counts.applied  # type: ignore[union-attr]
+                stale += counts.stale  # type: ignore[union-attr]
+            span.set_attribute("update.applied", applied)
+            return SubmitCounts(applied, stale)
+
+    async def rebuild(self, hunt_id: str) -> RebuildResult:
+        return await self._rebuilder.rebuild(hunt_id)
+
+    # -- reads --------------------------------------------------------------
+
+    async def top(self, hunt_id: str, limit: int, cursor: Cursor | None = None) -> TopPage:
+        """A page of the board, best first (cached in process for a moment)."""
+        key = (hunt_id, limit, cursor)
+        with self._tracer.start_as_current_span(
+            "leaderboard.get_top", attributes={"hunt.id": hunt_id, "limit": limit}
+        ) as span:
+            page = self._top_cache.get(key)
+            if page is not MISSING:
+                self._metrics.cache_hit("top", "l1")
+                span.set_attribute("cache.hit", True)
+                return page  # type: ignore[return-value]
+            self._metrics.cache_miss("top", "l1")
+            span.set_attribute("cache.hit", False)
+            return await self._top_flight.do(key, lambda: self._load_top(key))
+
+    async def _load_top(self, key: _TopKey) -> TopPage:
+        hunt_id, limit, cursor = key
+        page = await self._store.top(hunt_id, limit, cursor)
+        if page is None:
+            raise self.missing_error(hunt_id)
+        self._rebuilder.remember(hunt_id)
+        self._top_cache.put(key, page)
+        return page
+
+    async def fresh_top(self, hunt_id: str, limit: int) -> TopPage | None:
+        """The top, read from Redis now (for watchers); None when missing (a
+        rebuild is started)."""
+        page = await self._store.top(hunt_id, limit, None)
+        if page is None:
+            self._rebuilder.kick(hunt_id)
+        return page
+
+    async def state(self, hunt_id: str) -> BoardState:
+        return await self._store.state(hunt_id)
+
+    async def rank(self, hunt_id: str, player_id: str) -> tuple[Entry, int]:
+        """The player's entry (1-based rank) and the number of players."""
+        with self._tracer.start_as_current_span(
+            "leaderboard.get_rank", attributes={"hunt.id": hunt_id, "player.id": player_id}
+        ):
+            found = await self._store.rank(hunt_id, player_id)
+            if found is None:
+                raise self.missing_error(hunt_id)
+            self._rebuilder.remember(hunt_id)
+            entry, count = found
+            if entry is None:
+                raise _not_on_board(hunt_id, player_id)
+            return entry, count
+
+    async def around(self, hunt_id: str, player_id: str, n: int) -> Around:
+        """The player and up to n players above and below."""
+        with self._tracer.start_as_current_span(
+            "leaderboard.get_around", attributes={"hunt.id": hunt_id, "player.id": player_id}
+        ):
+            found = await self._store.around(hunt_id, player_id, n)
+            if found is None:
+                raise self.missing_error(hunt_id)
+            self._rebuilder.remember(hunt_id)
+            if not found.entries:
+                raise _not_on_board(hunt_id, player_id)
+            return found
+
+
+def _not_on_board(hunt_id: str, player_id: str) -> errors.NotFound:
+    return errors.NotFound(
+        f"player {player_id} is not on the board of hunt {hunt_id}", reason="PLAYER_NOT_ON_BOARD"
+    )
