@@ -162,15 +162,18 @@ class ScanFlow:
     async def _first(self, scan: ScanInput, last: Position | None, budget: Budget) -> Answer:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        record = await self._store.insert(
+        inserted = await self._store.insert(
             new_scan_id(),
             scan,
             timedelta(seconds=self._settings.lease_s),
             carrier.get("traceparent", ""),
         )
-        if record is None:  # an earlier copy is in Postgres; Redis had lost its answer
+        if inserted is None:  # an earlier copy is in Postgres; Redis had lost its answer
             return await self._await_existing(scan, budget)
-        return await self.drive(record, budget, last=last)
+        record, previous = inserted
+        if last is not None and last.at < scan.scanned_at:
+            previous = last  # Redis knows a position the log did not show a moment ago
+        return await self.drive(record, budget, previous=previous, previous_known=True)
 
     async def _await_existing(self, scan: ScanInput, budget: Budget) -> Answer:
         """Another copy of this scan exists (or is being recorded): return its
@@ -212,13 +215,17 @@ class ScanFlow:
     # -- applying (SubmitScan and the relay) -----------------------------------
 
     async def drive(
-        self, record: ScanRecord, budget: Budget, last: Position | None = None
+        self,
+        record: ScanRecord,
+        budget: Budget,
+        previous: Position | None = None,
+        previous_known: bool = False,
     ) -> Answer:
         """Decides and applies a recorded scan; leaves it 'received' for the
         relay when geo or score cannot answer now."""
         scan = record.input
         try:
-            answer = await self._decide(record, last, budget)
+            answer = await self._decide(record, previous, previous_known, budget)
         except errors.ServiceError as exc:
             delay = min(
                 self._settings.max_backoff_s, 0.5 * 2 ** min(record.attempts, 10)
@@ -246,7 +253,11 @@ class ScanFlow:
             self._redis_errors.inc()
             log.warning("scan redis unavailable when storing the answer: %s", exc)
 
-    async def _decide(self, record: ScanRecord, last: Position | None, budget: Budget) -> Answer:
+    async def _decide(
+        self, record: ScanRecord, previous: Position | None, previous_known: bool, budget: Budget
+    ) -> Answer:
+        """`previous`: the player's last plausible position, when the caller
+        knows it (`previous_known`); otherwise it is read from the log."""
         scan = record.input
         check = await self._geo.check_in(
             hunt_id=scan.hunt_id,
@@ -277,9 +288,9 @@ class ScanFlow:
             return answer(Outcome.HUNT_NOT_ACTIVE)
         if not check.in_range:
             return answer(Outcome.OUT_OF_RANGE)
-        if last is None or last.at >= scan.scanned_at:
-            last = await self._store.previous_position(scan.player_id, record.scan_id)
-        if last is not None and implausible_speed(last, scan, self._settings.max_speed_mps):
+        if not previous_known:
+            previous = await self._store.previous_position(scan.player_id, record.scan_id)
+        if previous is not None and implausible_speed(previous, scan, self._settings.max_speed_mps):
             return answer(Outcome.IMPLAUSIBLE_SPEED)
         unlock = await self._score.unlock(
             scan_id=record.scan_id,

@@ -50,6 +50,9 @@ def _record(row: asyncpg.Record) -> ScanRecord:
     )
 
 
+_PLAUSIBLE = [o.value for o in PLAUSIBLE]
+
+
 @dataclass(frozen=True)
 class Backlog:
     received: int
@@ -62,14 +65,23 @@ class ScanStore:
 
     async def insert(
         self, scan_id: str, scan: ScanInput, lease: timedelta, traceparent: str
-    ) -> ScanRecord | None:
-        """Records a new scan; None when (player, client_scan_id) exists already."""
+    ) -> tuple[ScanRecord, Position | None] | None:
+        """Records a new scan; None when (player, client_scan_id) exists already.
+        Also returns where the player's last plausible applied scan was (for
+        the speed check), read in the same round trip."""
         row = await self._pool.fetchrow(
-            f"""INSERT INTO scan.scans (scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon,
-                    accuracy_m, scanned_at, next_attempt_at, traceparent, attempts)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + $10::interval, $11, 1)
-                ON CONFLICT (player_id, client_scan_id) DO NOTHING
-                RETURNING {_COLUMNS}""",
+            f"""WITH previous AS (
+                    SELECT lat AS p_lat, lon AS p_lon, accuracy_m AS p_acc, scanned_at AS p_at
+                    FROM scan.scans
+                    WHERE player_id = $2 AND status = 'applied' AND outcome = ANY($12::text[])
+                    ORDER BY scan_id DESC LIMIT 1),
+                inserted AS (
+                    INSERT INTO scan.scans (scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon,
+                        accuracy_m, scanned_at, next_attempt_at, traceparent, attempts)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + $10::interval, $11, 1)
+                    ON CONFLICT (player_id, client_scan_id) DO NOTHING
+                    RETURNING {_COLUMNS})
+                SELECT * FROM inserted LEFT JOIN previous ON true""",
             scan_id,
             scan.player_id,
             scan.client_scan_id,
@@ -81,8 +93,16 @@ class ScanStore:
             scan.scanned_at,
             lease,
             traceparent,
+            _PLAUSIBLE,
         )
-        return _record(row) if row is not None else None
+        if row is None:
+            return None
+        previous = None
+        if row["p_at"] is not None:
+            previous = Position(
+                lat=row["p_lat"], lon=row["p_lon"], accuracy_m=row["p_acc"], at=row["p_at"]
+            )
+        return _record(row), previous
 
     async def get(self, scan_id: str) -> ScanRecord | None:
         row = await self._pool.fetchrow(
@@ -168,7 +188,7 @@ class ScanStore:
                ORDER BY scan_id DESC LIMIT 1""",
             player_id,
             before_scan_id,
-            [o.value for o in PLAUSIBLE],
+            _PLAUSIBLE,
         )
         if row is None:
             return None

@@ -56,14 +56,14 @@ async def test_a_seen_copy_costs_no_token_and_gets_the_answer(cache):
 
 
 async def test_insert_is_unique_per_player_and_client_scan_id(store):
-    first = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
-    assert first is not None and first.answer.status is Status.RECEIVED
+    first, previous = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
+    assert first.answer.status is Status.RECEIVED and previous is None
     assert await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "") is None
     assert (await store.get_by_client_id("p1", "c1")).scan_id == first.scan_id
 
 
 async def test_apply_is_once_and_the_first_answer_wins(store):
-    record = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
+    record, _ = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
     one = Answer(record.scan_id, Status.APPLIED, Outcome.UNLOCKED, 10, 10, "cp", "Tower", False)
     two = Answer(
         record.scan_id, Status.APPLIED, Outcome.ALREADY_UNLOCKED, 0, 10, "cp", "Tower", False
@@ -88,7 +88,7 @@ async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store):
 
 async def test_list_player_pages_newest_first(store):
     ids = [
-        (await store.insert(new_scan_id(), scan(f"c{i}"), timedelta(0), "")).scan_id
+        (await store.insert(new_scan_id(), scan(f"c{i}"), timedelta(0), ""))[0].scan_id
         for i in range(5)
     ]
     page = await store.list_player("p1", "", "", 3)
@@ -96,3 +96,17 @@ async def test_list_player_pages_newest_first(store):
     rest = await store.list_player("p1", "h1", page[-1].scan_id, 3)
     assert [r.scan_id for r in rest] == ids[::-1][3:]
     assert await store.list_player("p1", "other-hunt", "", 3) == []
+
+
+async def test_insert_returns_the_last_plausible_position(store):
+    from services.scan.model import Outcome
+
+    first, _ = await store.insert(new_scan_id(), scan("c1"), timedelta(0), "")
+    await store.apply(Answer(first.scan_id, Status.APPLIED, Outcome.UNLOCKED))
+    cheat, previous = await store.insert(new_scan_id(), scan("c2"), timedelta(0), "")
+    assert previous == Position(38.7, -9.1, 5.0, NOW)
+    await store.apply(Answer(cheat.scan_id, Status.APPLIED, Outcome.IMPLAUSIBLE_SPEED))
+    _, previous = await store.insert(new_scan_id(), scan("c3"), timedelta(0), "")
+    assert previous == Position(
+        38.7, -9.1, 5.0, NOW
+    )  # a rejected teleport does not move the player
