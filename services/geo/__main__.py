@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from libs import server as bootstrap
-from services.geo.cache import CONTRACT
+from services.geo.cache import CONTRACT, GeoCache
 from services.geo.config import GeoConfig
 from services.geo.server import GeoServicer, binding
+from services.geo.service import Geo
+from services.geo.store import GeoStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @contextlib.asynccontextmanager
-async def running(config: GeoConfig) -> AsyncIterator[bootstrap.Runtime]:
-    """The service, started and serving, until the block exits."""
+async def running(
+    config: GeoConfig, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[bootstrap.Runtime]:
+    """The service, started and serving, until the block exits. `clock` (Unix
+    seconds) is what the service takes as now; tests move it."""
     async with bootstrap.Runtime("geo", config.common) as runtime:
-        await runtime.postgres(config.pg_dsn, "geo", MIGRATIONS)
-        await runtime.redis(config.redis_url, CONTRACT, "GEO_REDIS_URL")
-        await runtime.serve(binding(GeoServicer()))
+        pool = await runtime.postgres(
+            config.pg_dsn, "geo", MIGRATIONS,
+            min_size=config.pg_pool_min, max_size=config.pg_pool_max,
+        )  # fmt: skip
+        redis = await runtime.redis(config.redis_url, CONTRACT, "GEO_REDIS_URL")
+        cache = GeoCache(
+            redis,
+            catalog_ttl_s=config.catalog_ttl_s,
+            negative_ttl_s=config.negative_ttl_s,
+            live_bucket_s=config.live_bucket_s,
+        )
+        await cache.load_scripts()
+        store = GeoStore(pool, runtime.metrics, timeout_s=config.pg_timeout_s)
+        geo = Geo(store, cache, config, runtime.metrics, clock=clock)
+        runtime.background("geo-tile-refresh", geo.refresh_loop)
+        await runtime.serve(binding(GeoServicer(geo)))
         yield runtime
 
 

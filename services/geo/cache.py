@@ -7,8 +7,9 @@ live-player time buckets and each player's last location (keys: see
 read at; a write never replaces a newer version (a reader that loaded before
 an admin write cannot overwrite what the write put there after its commit).
 
-Scripts run by EVALSHA (loaded at start and again after a NOSCRIPT); each
-touches the keys of one hash tag. Every Redis failure surfaces as
+Scripts run by EVALSHA (loaded at start and again after a NOSCRIPT; in a
+Redis Cluster pipeline, where redis-py refuses EVALSHA, by EVAL); each touches
+the keys of one hash tag, so everything here also runs on Redis Cluster. Every Redis failure surfaces as
 `CacheUnavailable`.
 """
 
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from libs import errors, rediskit
+from libs import errors
 from libs.rediskit import AnyRedis, RedisContract
 from services.geo import keys
 from services.geo.model import (
@@ -324,6 +326,8 @@ class GeoCache:
         live_bucket_s: int,
     ) -> None:
         self._redis = redis
+        # redis-py refuses EVALSHA in cluster pipelines; there the body goes along.
+        self._pipeline_sends_body = isinstance(redis, RedisCluster)
         self._catalog_ttl_ms = int(catalog_ttl_s * 1000)
         self._negative_ttl_ms = int(negative_ttl_s * 1000)
         self._bucket_ms = live_bucket_s * 1000
@@ -354,6 +358,12 @@ class GeoCache:
             raise CacheUnavailable(f"geo redis: {exc}") from exc
         raise AssertionError("unreachable")
 
+    def _queue_script(self, pipe: Any, script: _Script, keys_: Sequence[str], *args: Any) -> None:
+        if self._pipeline_sends_body:
+            pipe.eval(script.source, len(keys_), *keys_, *args)
+        else:
+            pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+
     async def _eval(self, script: _Script, keys_: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             try:
@@ -369,16 +379,16 @@ class GeoCache:
     def _queue_sighting(self, pipe: Any, s: Sighting, now_ms: int) -> None:
         if s.seen_ms >= now_ms - LOCATION_TTL_S * 1000:
             value = f"{s.seen_ms}|{s.hunt_id}|{_fmt(s.lat)}|{_fmt(s.lon)}|{_fmt(s.accuracy_m)}"
-            pipe.evalsha(
-                _LOCATION.sha, 1, keys.location(s.player_id),
+            self._queue_script(
+                pipe, _LOCATION, (keys.location(s.player_id),),
                 s.seen_ms, value, s.seen_ms + LOCATION_TTL_S * 1000,
             )  # fmt: skip
         if s.seen_ms >= now_ms - LIVE_WINDOW_S * 1000 and geo_indexable(s.lat):
             bucket = s.seen_ms // self._bucket_ms
             # The bucket's last sighting leaves the window LIVE_WINDOW_S after its end.
             expire_at = (bucket + 1) * self._bucket_ms + LIVE_WINDOW_S * 1000 + 1000
-            pipe.evalsha(
-                _LIVE.sha, 2, keys.live(s.hunt_id, bucket), keys.live_seen(s.hunt_id, bucket),
+            self._queue_script(
+                pipe, _LIVE, (keys.live(s.hunt_id, bucket), keys.live_seen(s.hunt_id, bucket)),
                 _fmt(s.lon), _fmt(s.lat), s.player_id, s.seen_ms, expire_at,
             )  # fmt: skip
 
@@ -442,7 +452,7 @@ class GeoCache:
 
     def _queue_versioned(self, pipe: Any, key: str, version: int, payload: str) -> None:
         ttl = self._catalog_ttl_ms if payload else self._negative_ttl_ms
-        pipe.evalsha(_VERSIONED_SET.sha, 1, key, version, f"{version}|{payload}", ttl)
+        self._queue_script(pipe, _VERSIONED_SET, (key,), version, f"{version}|{payload}", ttl)
 
     async def put_catalog(
         self,
@@ -506,12 +516,3 @@ class GeoCache:
             (keys.checkpoints(hunt_id), keys.checkpoint_info(hunt_id)),
             (version, self._catalog_ttl_ms),
         )
-
-    # -- operations ----------------------------------------------------------
-
-    async def memory(self) -> tuple[int, int]:
-        """(used, max) memory of the geo Redis."""
-        try:
-            return await rediskit.memory(self._redis)
-        except RedisError as exc:
-            raise CacheUnavailable(f"geo redis: {exc}") from exc

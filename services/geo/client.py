@@ -108,10 +108,13 @@ class GeoClient:
             points=reply.checkpoint.points if found else 0,
             first_finder_bonus=reply.checkpoint.first_finder_bonus if found else 0,
             hunt_status=_HUNT.get(hunt.status) if hunt is not None else None,
-            hunt_starts_at=hunt.starts_at.ToDatetime(tzinfo=UTC) if hunt and hunt.HasField("starts_at") else None,
-            hunt_ends_at=hunt.ends_at.ToDatetime(tzinfo=UTC) if hunt and hunt.HasField("ends_at") else None,
+            hunt_starts_at=hunt.starts_at.ToDatetime(tzinfo=UTC)
+            if hunt and hunt.HasField("starts_at")
+            else None,
+            hunt_ends_at=hunt.ends_at.ToDatetime(tzinfo=UTC)
+            if hunt and hunt.HasField("ends_at")
+            else None,
             distance_m=reply.distance_m,
             allowed_m=reply.allowed_m,
             in_range=reply.in_range,
         )
-

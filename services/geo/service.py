@@ -1,0 +1,445 @@
+"""What the geo service does, independent of gRPC: the cache tiers, CheckIn,
+locations, nearby queries and the tile view.
+
+Tiers of the catalog (tags and hunts): an in-process L1 (`TtlCache`, bounded in
+entries, a few seconds), then Redis, then Postgres, with single-flight per key
+so a burst of misses costs one query. Catalog writes go to Postgres first and
+are then written through to Redis and this process's L1 (other replicas'
+L1s converge within the L1 TTL). Cached entries carry their catalog version,
+so a slow reader never puts an older copy over a newer one.
+
+Redis being down degrades the catalog reads to Postgres (logged); live players
+and last locations live only in Redis, so those calls fail UNAVAILABLE.
+
+Why this module exists beside server.py/store.py/cache.py: the tier logic is
+the service's behaviour, and keeping it out of the servicer leaves server.py
+with only validation and proto mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from libs import errors
+from libs.cache import MISSING, SingleFlight, TtlCache
+from libs.geometry import distance_m
+from libs.metrics import Metrics
+from services.geo.cache import CacheUnavailable, GeoCache, Versioned
+from services.geo.config import GeoConfig
+from services.geo.model import (
+    LOCATION_TTL_S,
+    CheckInResult,
+    Checkpoint,
+    CheckpointInput,
+    CheckpointSet,
+    Hunt,
+    HuntChanges,
+    NearbyCheckpoint,
+    NearbyPlayer,
+    NewHunt,
+    Sighting,
+    TagStatus,
+    TileRead,
+    TileRefresh,
+    allowed_m,
+)
+from services.geo.store import GeoStore
+
+log = logging.getLogger(__name__)
+
+_NEARBY_SLACK = 8  # extra candidates asked of Redis before the exact distance filter
+
+
+def _put_newer(cache: TtlCache[Any, Versioned[Any]], key: Hashable, entry: Versioned[Any]) -> None:
+    current = cache.get(key)
+    if current is MISSING or current.version <= entry.version:  # type: ignore[union-attr]
+        cache.put(key, entry)
+
+
+class _Counters:
+    """Pre-bound cache hit/miss counters (no label lookup per call)."""
+
+    def __init__(self, metrics: Metrics, cache: str, tiers: tuple[str, ...]) -> None:
+        self.hit = {t: metrics.cache_requests.labels(cache, t, "hit") for t in tiers}
+        self.miss = {t: metrics.cache_requests.labels(cache, t, "miss") for t in tiers}
+
+
+class Geo:
+    """The geo service's behaviour. `clock` gives Unix seconds."""
+
+    def __init__(
+        self,
+        store: GeoStore,
+        cache: GeoCache,
+        config: GeoConfig,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._clock = clock
+        self._tags: TtlCache[str, Versioned[Checkpoint]] = TtlCache(
+            config.l1_entries, config.l1_ttl_s
+        )
+        self._hunts: TtlCache[str, Versioned[Hunt]] = TtlCache(config.l1_entries, config.l1_ttl_s)
+        self._tiles: TtlCache[tuple[str, int, int], TileRead] = TtlCache(
+            config.tile_cache_entries, config.tile_cache_ttl_s
+        )
+        self._tile_max_bytes = config.tile_cache_max_tile_bytes
+        self._tag_flight: SingleFlight[str, Versioned[Checkpoint]] = SingleFlight()
+        self._hunt_flight: SingleFlight[str, Versioned[Hunt]] = SingleFlight()
+        self._set_flight: SingleFlight[str, CheckpointSet] = SingleFlight()
+        self._tile_flight: SingleFlight[tuple[str, int, int], TileRead] = SingleFlight()
+        self._refresh_every_s = config.tile_refresh_s
+        self._refresh_timeout_s = config.tile_refresh_timeout_s
+        self._view_refreshed_at = 0.0
+        self._tag_counts = _Counters(metrics, "tag", ("l1", "redis"))
+        self._hunt_counts = _Counters(metrics, "hunt", ("l1", "redis"))
+        self._set_counts = _Counters(metrics, "checkpoint_set", ("redis",))
+        self._tile_counts = _Counters(metrics, "tile", ("l1",))
+        metrics.gauge_fn(
+            "geo_tile_view_age_seconds",
+            "Seconds since the tile view (geo.hunt_tile_mv) was last refreshed.",
+            self._view_age,
+        )
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- catalog: hunts -----------------------------------------------------
+
+    async def create_hunt(self, new: NewHunt) -> Hunt:
+        hunt = await self._store.create_hunt(new)
+        await self._publish_hunt(hunt)
+        return hunt
+
+    async def update_hunt(self, hunt_id: str, changes: HuntChanges) -> Hunt:
+        hunt = await self._store.update_hunt(hunt_id, changes)
+        await self._publish_hunt(hunt)
+        return hunt
+
+    async def _publish_hunt(self, hunt: Hunt) -> None:
+        entry = Versioned(hunt.version, hunt)
+        _put_newer(self._hunts, hunt.hunt_id, entry)
+        await self._write_through(hunts=[(hunt.hunt_id, entry)])
+
+    async def hunt(self, hunt_id: str) -> Hunt | None:
+        entry = self._hunts.get(hunt_id)
+        if entry is MISSING:
+            self._hunt_counts.miss["l1"].inc()
+            entry = await self._hunt_flight.do(hunt_id, lambda: self._load_hunt(hunt_id))
+        else:
+            self._hunt_counts.hit["l1"].inc()
+        return entry.value  # type: ignore[union-attr]
+
+    async def require_hunt(self, hunt_id: str) -> Hunt:
+        hunt = await self.hunt(hunt_id)
+        if hunt is None:
+            raise errors.NotFound(f"hunt {hunt_id} not found")
+        return hunt
+
+    async def _load_hunt(self, hunt_id: str) -> Versioned[Hunt]:
+        entry = self._hunts.get(hunt_id)
+        if entry is not MISSING:  # filled while this load was being set up
+            return entry  # type: ignore[return-value]
+        try:
+            cached = await self._cache.hunt(hunt_id)
+        except CacheUnavailable as exc:
+            log.warning("hunt %s read without redis: %s", hunt_id, exc)
+            cached = None
+        if cached is not None:
+            self._hunt_counts.hit["redis"].inc()
+            _put_newer(self._hunts, hunt_id, cached)
+            return cached
+        self._hunt_counts.miss["redis"].inc()
+        hunt = await self._store.get_hunt(hunt_id)
+        loaded = Versioned(hunt.version if hunt is not None else 0, hunt)
+        await self._write_through(hunts=[(hunt_id, loaded)])
+        _put_newer(self._hunts, hunt_id, loaded)
+        return loaded
+
+    async def list_hunts(self, after: str, limit: int) -> list[Hunt]:
+        return await self._store.list_hunts(after, limit)
+
+    # -- catalog: checkpoints -----------------------------------------------
+
+    async def upsert_checkpoint(self, cp_in: CheckpointInput) -> tuple[Checkpoint, bool]:
+        cp, created, old_tag = await self._store.upsert_checkpoint(cp_in)
+        tags = [(cp.tag_id, Versioned(cp.version, cp))]
+        if old_tag is not None and old_tag != cp.tag_id:
+            tags.append((old_tag, Versioned(cp.version, None)))  # the old tag resolves no more
+        await self._publish_checkpoint(cp, tags)
+        return cp, created
+
+    async def deactivate_checkpoint(self, hunt_id: str, checkpoint_id: str) -> Checkpoint:
+        cp = await self._store.deactivate_checkpoint(hunt_id, checkpoint_id)
+        await self._publish_checkpoint(cp, [(cp.tag_id, Versioned(cp.version, cp))])
+        return cp
+
+    async def _publish_checkpoint(
+        self, cp: Checkpoint, tags: list[tuple[str, Versioned[Checkpoint]]]
+    ) -> None:
+        for tag_id, entry in tags:
+            _put_newer(self._tags, tag_id, entry)
+        await self._write_through(tags=tags)
+        try:
+            await self._cache.invalidate_checkpoints(cp.hunt_id, cp.version)
+        except CacheUnavailable as exc:
+            log.error("checkpoint set of hunt %s not invalidated: %s", cp.hunt_id, exc)
+
+    async def list_checkpoints(
+        self, hunt_id: str, *, include_inactive: bool, after: str, limit: int
+    ) -> list[Checkpoint]:
+        return await self._store.list_checkpoints(
+            hunt_id, include_inactive=include_inactive, after=after, limit=limit
+        )
+
+    async def _write_through(
+        self,
+        tags: list[tuple[str, Versioned[Checkpoint]]] | None = None,
+        hunts: list[tuple[str, Versioned[Hunt]]] | None = None,
+    ) -> None:
+        try:
+            await self._cache.put_catalog(tags or (), hunts or ())
+        except CacheUnavailable as exc:
+            log.error("catalog entries not written to redis: %s", exc)
+
+    # -- check-in -------------------------------------------------------------
+
+    async def check_in(
+        self,
+        hunt_id: str,
+        player_id: str,
+        tag_id: str,
+        lat: float,
+        lon: float,
+        accuracy_m: float,
+        at_s: float,
+    ) -> CheckInResult:
+        """Resolves the tag (L1, Redis, Postgres), measures the distance and
+        records the sighting; on an L1 miss the Redis lookups and the sighting
+        share one round trip."""
+        now_ms = int(self._clock() * 1000)
+        sighting = Sighting(hunt_id, player_id, lat, lon, accuracy_m, min(int(at_s * 1000), now_ms))
+        tag = self._tags.get(tag_id)
+        hunt = self._hunts.get(hunt_id)
+        if tag is MISSING or hunt is MISSING:
+            try:
+                cached_tag, cached_hunt = await self._cache.check_in(
+                    tag_id if tag is MISSING else None,
+                    hunt_id if hunt is MISSING else None,
+                    sighting,
+                    now_ms,
+                )
+            except CacheUnavailable as exc:
+                log.warning("check-in without redis: %s", exc)
+                cached_tag = cached_hunt = None
+            if tag is MISSING:
+                self._tag_counts.miss["l1"].inc()
+                if cached_tag is not None:
+                    self._tag_counts.hit["redis"].inc()
+                    _put_newer(self._tags, tag_id, cached_tag)
+                    tag = cached_tag
+                else:
+                    self._tag_counts.miss["redis"].inc()
+                    tag = await self._tag_flight.do(tag_id, lambda: self._load_tag(tag_id))
+            else:
+                self._tag_counts.hit["l1"].inc()
+            if hunt is MISSING and cached_hunt is not None:
+                _put_newer(self._hunts, hunt_id, cached_hunt)
+                hunt = cached_hunt
+        else:
+            self._tag_counts.hit["l1"].inc()
+            try:
+                await self._cache.record(sighting, now_ms)
+            except CacheUnavailable as exc:
+                log.warning("check-in sighting not recorded: %s", exc)
+
+        cp: Checkpoint | None = tag.value  # type: ignore[union-attr]
+        if cp is None or cp.hunt_id != hunt_id:
+            return CheckInResult(TagStatus.UNKNOWN, None, None, 0.0, 0.0, False)
+        hunt_value = await self.hunt(hunt_id) if hunt is MISSING else hunt.value  # type: ignore[union-attr]
+        if hunt_value is None:
+            return CheckInResult(TagStatus.UNKNOWN, None, None, 0.0, 0.0, False)
+        distance = distance_m(lat, lon, cp.lat, cp.lon)
+        allowed = allowed_m(cp.radius_m, accuracy_m)
+        return CheckInResult(
+            TagStatus.FOUND if cp.active else TagStatus.INACTIVE,
+            cp,
+            hunt_value,
+            distance,
+            allowed,
+            distance <= allowed,
+        )
+
+    async def _load_tag(self, tag_id: str) -> Versioned[Checkpoint]:
+        """One Postgres read of the tag and its hunt, written through to both tiers."""
+        entry = self._tags.get(tag_id)
+        if entry is not MISSING:  # a load that just finished filled it
+            return entry  # type: ignore[return-value]
+        cp, hunt = await self._store.tag(tag_id)
+        loaded = Versioned(cp.version if cp is not None else 0, cp)
+        hunts = [(hunt.hunt_id, Versioned(hunt.version, hunt))] if hunt is not None else []
+        await self._write_through(tags=[(tag_id, loaded)], hunts=hunts)
+        _put_newer(self._tags, tag_id, loaded)
+        for hunt_id, hunt_entry in hunts:
+            _put_newer(self._hunts, hunt_id, hunt_entry)
+        return loaded
+
+    # -- locations ------------------------------------------------------------
+
+    async def update_location(
+        self,
+        hunt_id: str,
+        player_id: str,
+        lat: float,
+        lon: float,
+        accuracy_m: float,
+        at_s: float | None,
+    ) -> None:
+        await self.require_hunt(hunt_id)
+        now_ms = int(self._clock() * 1000)
+        seen_ms = now_ms if at_s is None else min(int(at_s * 1000), now_ms)
+        await self._cache.record(
+            Sighting(hunt_id, player_id, lat, lon, accuracy_m, seen_ms), now_ms
+        )
+
+    async def player_location(self, player_id: str) -> Sighting:
+        sighting = await self._cache.location(player_id)
+        now_ms = int(self._clock() * 1000)
+        if sighting is None or sighting.seen_ms < now_ms - LOCATION_TTL_S * 1000:
+            raise errors.NotFound(f"player {player_id} not seen in the last {LOCATION_TTL_S} s")
+        return sighting
+
+    async def nearby_players(
+        self, hunt_id: str, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[NearbyPlayer]:
+        await self.require_hunt(hunt_id)
+        now_ms = int(self._clock() * 1000)
+        seen = await self._cache.nearby_players(
+            hunt_id, lat, lon, radius_m, max(4 * limit, 200), now_ms
+        )
+        found = []
+        for p in seen:
+            d = distance_m(lat, lon, p.lat, p.lon)
+            if d <= radius_m:
+                found.append(NearbyPlayer(p.player_id, p.lat, p.lon, d))
+        found.sort(key=lambda n: (n.distance_m, n.player_id))
+        return found[:limit]
+
+    async def nearby_checkpoints(
+        self, hunt_id: str, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[NearbyCheckpoint]:
+        await self.require_hunt(hunt_id)
+        try:
+            candidates = await self._cache.nearby_checkpoints(
+                hunt_id, lat, lon, radius_m, limit + _NEARBY_SLACK
+            )
+        except CacheUnavailable as exc:
+            log.warning("nearby checkpoints of %s without redis: %s", hunt_id, exc)
+            candidates = None
+        if candidates is None:
+            self._set_counts.miss["redis"].inc()
+            rebuilt = await self._set_flight.do(hunt_id, lambda: self._rebuild_set(hunt_id))
+            candidates = list(rebuilt.checkpoints)
+        else:
+            self._set_counts.hit["redis"].inc()
+        found = []
+        for cp in candidates:
+            d = distance_m(lat, lon, cp.lat, cp.lon)
+            if d <= radius_m:
+                found.append(NearbyCheckpoint(cp, d))
+        found.sort(key=lambda n: (n.distance_m, n.checkpoint.checkpoint_id))
+        return found[:limit]
+
+    async def _rebuild_set(self, hunt_id: str) -> CheckpointSet:
+        cps = await self._store.active_checkpoints(hunt_id)
+        if cps is None:
+            raise errors.NotFound(f"hunt {hunt_id} not found")
+        try:
+            await self._cache.store_checkpoints(hunt_id, cps)
+        except CacheUnavailable as exc:
+            log.warning("checkpoint set of %s not stored: %s", hunt_id, exc)
+        return cps
+
+    # -- tiles ----------------------------------------------------------------
+
+    @staticmethod
+    def check_cell(hunt: Hunt, x: int, y: int) -> None:
+        if x >= hunt.grid.columns:
+            raise errors.InvalidArgument("x", f"must be < {hunt.grid.columns} (the grid's columns)")
+        if y >= hunt.grid.rows:
+            raise errors.InvalidArgument("y", f"must be < {hunt.grid.rows} (the grid's rows)")
+
+    async def put_tile(
+        self, hunt_id: str, x: int, y: int, data: bytes, version: int, content_type: str
+    ) -> int:
+        self.check_cell(await self.require_hunt(hunt_id), x, y)
+        return await self._store.put_tile(hunt_id, x, y, data, version, content_type)
+
+    async def get_tile(self, hunt_id: str, x: int, y: int) -> TileRead:
+        """The tile as the view shows it; NotFound when it is not in the view."""
+        self.check_cell(await self.require_hunt(hunt_id), x, y)
+        key = (hunt_id, x, y)
+        read = self._tiles.get(key)
+        if read is MISSING:
+            self._tile_counts.miss["l1"].inc()
+            read = await self._tile_flight.do(key, lambda: self._load_tile(key))
+        else:
+            self._tile_counts.hit["l1"].inc()
+        if read.tile is None:  # type: ignore[union-attr]
+            raise errors.NotFound(f"tile ({x}, {y}) of hunt {hunt_id} not found")
+        return read  # type: ignore[return-value]
+
+    async def _load_tile(self, key: tuple[str, int, int]) -> TileRead:
+        read = await self._store.get_tile(*key)
+        self._note_refresh(read.refreshed_at.timestamp())
+        if read.tile is None or len(read.tile.data) <= self._tile_max_bytes:
+            self._tiles.put(key, read)
+        return read
+
+    async def refresh_tiles(self) -> TileRefresh:
+        started = time.monotonic()
+        result = await self._store.refresh_tiles(self._refresh_timeout_s)
+        self._note_refresh(result.refreshed_at.timestamp())
+        self._tiles.clear()
+        if result.refreshed:
+            log.info(
+                "tile view refreshed at %s in %.3fs",
+                result.refreshed_at.isoformat(),
+                time.monotonic() - started,
+            )
+        else:
+            log.info(
+                "tile view not refreshed (another replica holds the lock); last refresh %s",
+                result.refreshed_at.isoformat(),
+            )
+        return result
+
+    async def refresh_loop(self) -> None:
+        """Refreshes the view whenever it is older than the interval (whoever
+        refreshed it last), so replicas share one schedule."""
+        while True:
+            last = (await self._store.last_refresh()).timestamp()
+            self._note_refresh(last)
+            age = self._clock() - last
+            if age >= self._refresh_every_s:
+                await self.refresh_tiles()
+                wait = self._refresh_every_s
+            else:
+                wait = self._refresh_every_s - age
+            await asyncio.sleep(max(wait, 1.0))
+
+    def _note_refresh(self, at: float) -> None:
+        if at > self._view_refreshed_at:
+            self._view_refreshed_at = at
+
+    def _view_age(self) -> float:
+        if not self._view_refreshed_at:
+            return float("nan")
+        return max(0.0, self._clock() - self._view_refreshed_at)

@@ -1,0 +1,380 @@
+"""The geo service's Postgres (schema `geo`): the catalog, tiles and the tile view.
+
+One statement per operation wherever one will do. Each statement has a
+deadline and is counted in `geo_store_queries_total{query}`, so operators (and
+tests) can see how often a cache tier falls through to Postgres.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import asyncpg
+
+from libs import errors
+from libs.metrics import Metrics
+from services.geo.model import (
+    Checkpoint,
+    CheckpointInput,
+    CheckpointSet,
+    Grid,
+    Hunt,
+    HuntChanges,
+    HuntStatus,
+    NewHunt,
+    Tile,
+    TileRead,
+    TileRefresh,
+)
+
+log = logging.getLogger(__name__)
+
+TILE_VIEW = "hunt_tile_mv"
+
+_HUNT_COLUMNS = """h.hunt_id, h.name, h.starts_at, h.ends_at, h.status, h.origin_lat,
+    h.origin_lon, h.tile_size_m, h.grid_columns, h.grid_rows, h.created_at, h.updated_at,
+    h.version"""
+_CP_COLUMNS = """c.checkpoint_id, c.hunt_id, c.tag_id, c.name AS cp_name, c.lat, c.lon,
+    c.radius_m, c.points, c.first_finder_bonus, c.active, c.version AS cp_version_of"""
+
+_INSERT_HUNT = f"""
+INSERT INTO geo.hunts AS h (hunt_id, name, starts_at, ends_at, status, origin_lat, origin_lon,
+    tile_size_m, grid_columns, grid_rows, version, cp_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+    nextval('geo.catalog_version'), 0)
+RETURNING {_HUNT_COLUMNS}"""
+
+_UPDATE_HUNT = f"""
+UPDATE geo.hunts AS h SET
+    name = COALESCE($2, h.name),
+    starts_at = COALESCE($3, h.starts_at),
+    ends_at = COALESCE($4, h.ends_at),
+    status = COALESCE($5, h.status),
+    origin_lat = COALESCE($6, h.origin_lat),
+    origin_lon = COALESCE($7, h.origin_lon),
+    tile_size_m = COALESCE($8, h.tile_size_m),
+    grid_columns = COALESCE($9, h.grid_columns),
+    grid_rows = COALESCE($10, h.grid_rows),
+    version = nextval('geo.catalog_version'),
+    updated_at = now()
+WHERE h.hunt_id = $1
+RETURNING {_HUNT_COLUMNS}"""
+
+_GET_HUNT = f"SELECT {_HUNT_COLUMNS} FROM geo.hunts h WHERE h.hunt_id = $1"
+
+_LIST_HUNTS = f"""
+SELECT {_HUNT_COLUMNS} FROM geo.hunts h WHERE h.hunt_id > $1 ORDER BY h.hunt_id LIMIT $2"""
+
+# Bumps the hunt's checkpoint-set version (which also serialises writes to the
+# checkpoints of one hunt), upserts, and says whether the row is new and which
+# tag it had before.
+_UPSERT_CHECKPOINT = f"""
+WITH bump AS (
+    UPDATE geo.hunts SET cp_version = nextval('geo.catalog_version')
+    WHERE hunt_id = $1 RETURNING cp_version
+), old AS (
+    SELECT tag_id FROM geo.checkpoints WHERE hunt_id = $1 AND checkpoint_id = $2
+)
+INSERT INTO geo.checkpoints AS c (hunt_id, checkpoint_id, tag_id, name, lat, lon, radius_m,
+    points, first_finder_bonus, active, version)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, true, bump.cp_version FROM bump
+ON CONFLICT (hunt_id, checkpoint_id) DO UPDATE SET
+    tag_id = EXCLUDED.tag_id, name = EXCLUDED.name, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
+    radius_m = EXCLUDED.radius_m, points = EXCLUDED.points,
+    first_finder_bonus = EXCLUDED.first_finder_bonus, active = true,
+    version = EXCLUDED.version, updated_at = now()
+RETURNING {_CP_COLUMNS}, (c.xmax = 0) AS created, (SELECT tag_id FROM old) AS old_tag_id"""
+
+_DEACTIVATE_CHECKPOINT = f"""
+WITH bump AS (
+    UPDATE geo.hunts SET cp_version = nextval('geo.catalog_version')
+    WHERE hunt_id = $1
+      AND EXISTS (SELECT 1 FROM geo.checkpoints WHERE hunt_id = $1 AND checkpoint_id = $2)
+    RETURNING cp_version
+)
+UPDATE geo.checkpoints AS c SET active = false, version = bump.cp_version, updated_at = now()
+FROM bump WHERE c.hunt_id = $1 AND c.checkpoint_id = $2
+RETURNING {_CP_COLUMNS}"""
+
+# One row per checkpoint of the page, or one row of NULLs for a hunt without
+# any; no row at all for an unknown hunt.
+_LIST_CHECKPOINTS = f"""
+SELECT {_CP_COLUMNS}
+FROM geo.hunts h
+LEFT JOIN LATERAL (
+    SELECT * FROM geo.checkpoints c
+    WHERE c.hunt_id = h.hunt_id AND c.checkpoint_id > $2 AND (c.active OR $3)
+    ORDER BY c.checkpoint_id LIMIT $4
+) c ON true
+WHERE h.hunt_id = $1
+ORDER BY c.checkpoint_id"""
+
+_TAG = f"""
+SELECT {_CP_COLUMNS}, {_HUNT_COLUMNS}
+FROM geo.checkpoints c JOIN geo.hunts h ON h.hunt_id = c.hunt_id
+WHERE c.tag_id = $1"""
+
+_ACTIVE_CHECKPOINTS = f"""
+SELECT h.cp_version AS set_version, {_CP_COLUMNS}
+FROM geo.hunts h
+LEFT JOIN geo.checkpoints c ON c.hunt_id = h.hunt_id AND c.active
+WHERE h.hunt_id = $1"""
+
+# The stored version after the put: the new one, or the newer one already there.
+_PUT_TILE = """
+WITH up AS (
+    INSERT INTO geo.hunt_tiles AS t (hunt_id, x, y, version, content_type, data)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (hunt_id, x, y) DO UPDATE SET
+        version = EXCLUDED.version, content_type = EXCLUDED.content_type,
+        data = EXCLUDED.data, updated_at = now()
+    WHERE t.version < EXCLUDED.version
+    RETURNING t.version
+)
+SELECT version FROM up
+UNION ALL
+SELECT version FROM geo.hunt_tiles WHERE hunt_id = $1 AND x = $2 AND y = $3
+LIMIT 1"""
+
+_STORED_TILE_VERSION = "SELECT version FROM geo.hunt_tiles WHERE hunt_id = $1 AND x = $2 AND y = $3"
+
+_GET_TILE = f"""
+SELECT r.refreshed_at, t.version, t.content_type, t.data
+FROM geo.tile_refreshes r
+LEFT JOIN geo.hunt_tile_mv t ON t.hunt_id = $1 AND t.x = $2 AND t.y = $3
+WHERE r.view_name = '{TILE_VIEW}'"""
+
+_LAST_REFRESH = f"SELECT refreshed_at FROM geo.tile_refreshes WHERE view_name = '{TILE_VIEW}'"
+
+_TRY_LOCK = f"""
+SELECT pg_try_advisory_lock(hashtextextended('treasure.geo.tile_refresh', 0)) AS locked,
+       (SELECT refreshed_at FROM geo.tile_refreshes WHERE view_name = '{TILE_VIEW}') AS refreshed_at"""
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('treasure.geo.tile_refresh', 0))"
+_REFRESH = f"REFRESH MATERIALIZED VIEW CONCURRENTLY geo.{TILE_VIEW}"
+# now() is the start of the refresh's transaction: a tile committed after it
+# may or may not be in the view; one committed before it certainly is.
+_RECORD_REFRESH = f"""
+UPDATE geo.tile_refreshes SET refreshed_at = now() WHERE view_name = '{TILE_VIEW}'
+RETURNING refreshed_at"""
+
+
+def _hunt(row: asyncpg.Record) -> Hunt:
+    return Hunt(
+        hunt_id=row["hunt_id"],
+        name=row["name"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        status=HuntStatus(row["status"]),
+        grid=Grid(
+            origin_lat=row["origin_lat"],
+            origin_lon=row["origin_lon"],
+            tile_size_m=row["tile_size_m"],
+            columns=row["grid_columns"],
+            rows=row["grid_rows"],
+        ),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+    )
+
+
+def _checkpoint(row: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(
+        checkpoint_id=row["checkpoint_id"],
+        hunt_id=row["hunt_id"],
+        tag_id=row["tag_id"],
+        name=row["cp_name"],
+        lat=row["lat"],
+        lon=row["lon"],
+        radius_m=row["radius_m"],
+        points=row["points"],
+        first_finder_bonus=row["first_finder_bonus"],
+        active=row["active"],
+        version=row["cp_version_of"],
+    )
+
+
+def _window_error(exc: asyncpg.CheckViolationError) -> errors.ServiceError:
+    if exc.constraint_name == "hunts_window":
+        return errors.InvalidArgument("hunt.ends_at", "must be after starts_at")
+    return errors.InvalidArgument("hunt", f"breaks {exc.constraint_name}")
+
+
+class GeoStore:
+    """Postgres access of the geo service; returns `services.geo.model` values."""
+
+    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, *, timeout_s: float) -> None:
+        self._pool = pool
+        self._timeout = timeout_s
+        counter = metrics.counter(
+            "geo_store_queries_total", "Postgres statements run by geo, by query.", ("query",)
+        )
+        self._count = {
+            name: counter.labels(name)
+            for name in (
+                "create_hunt", "update_hunt", "get_hunt", "list_hunts", "upsert_checkpoint",
+                "deactivate_checkpoint", "list_checkpoints", "tag", "active_checkpoints",
+                "put_tile", "get_tile", "last_refresh", "refresh_tiles",
+            )
+        }  # fmt: skip
+
+    # -- hunts --------------------------------------------------------------
+
+    async def create_hunt(self, hunt: NewHunt) -> Hunt:
+        self._count["create_hunt"].inc()
+        g = hunt.grid
+        try:
+            row = await self._pool.fetchrow(
+                _INSERT_HUNT,
+                hunt.hunt_id, hunt.name, hunt.starts_at, hunt.ends_at, hunt.status.value,
+                g.origin_lat, g.origin_lon, g.tile_size_m, g.columns, g.rows,
+                timeout=self._timeout,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError:
+            raise errors.AlreadyExists(f"hunt {hunt.hunt_id} already exists") from None
+        except asyncpg.CheckViolationError as exc:
+            raise _window_error(exc) from None
+        return _hunt(row)
+
+    async def update_hunt(self, hunt_id: str, changes: HuntChanges) -> Hunt:
+        self._count["update_hunt"].inc()
+        g = changes.grid
+        try:
+            row = await self._pool.fetchrow(
+                _UPDATE_HUNT,
+                hunt_id, changes.name, changes.starts_at, changes.ends_at,
+                changes.status.value if changes.status is not None else None,
+                g.origin_lat if g else None, g.origin_lon if g else None,
+                g.tile_size_m if g else None, g.columns if g else None, g.rows if g else None,
+                timeout=self._timeout,
+            )  # fmt: skip
+        except asyncpg.CheckViolationError as exc:
+            raise _window_error(exc) from None
+        if row is None:
+            raise errors.NotFound(f"hunt {hunt_id} not found")
+        return _hunt(row)
+
+    async def get_hunt(self, hunt_id: str) -> Hunt | None:
+        self._count["get_hunt"].inc()
+        row = await self._pool.fetchrow(_GET_HUNT, hunt_id, timeout=self._timeout)
+        return _hunt(row) if row is not None else None
+
+    async def list_hunts(self, after: str, limit: int) -> list[Hunt]:
+        self._count["list_hunts"].inc()
+        rows = await self._pool.fetch(_LIST_HUNTS, after, limit, timeout=self._timeout)
+        return [_hunt(r) for r in rows]
+
+    # -- checkpoints --------------------------------------------------------
+
+    async def upsert_checkpoint(self, cp: CheckpointInput) -> tuple[Checkpoint, bool, str | None]:
+        """The stored checkpoint, whether it is new, and its previous tag id."""
+        self._count["upsert_checkpoint"].inc()
+        try:
+            row = await self._pool.fetchrow(
+                _UPSERT_CHECKPOINT,
+                cp.hunt_id, cp.checkpoint_id, cp.tag_id, cp.name, cp.lat, cp.lon, cp.radius_m,
+                cp.points, cp.first_finder_bonus,
+                timeout=self._timeout,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError:
+            raise errors.AlreadyExists(
+                f"tag {cp.tag_id} belongs to another checkpoint", reason="TAG_TAKEN"
+            ) from None
+        if row is None:
+            raise errors.NotFound(f"hunt {cp.hunt_id} not found")
+        return _checkpoint(row), row["created"], row["old_tag_id"]
+
+    async def deactivate_checkpoint(self, hunt_id: str, checkpoint_id: str) -> Checkpoint:
+        self._count["deactivate_checkpoint"].inc()
+        row = await self._pool.fetchrow(
+            _DEACTIVATE_CHECKPOINT, hunt_id, checkpoint_id, timeout=self._timeout
+        )
+        if row is None:
+            raise errors.NotFound(f"checkpoint {checkpoint_id} of hunt {hunt_id} not found")
+        return _checkpoint(row)
+
+    async def list_checkpoints(
+        self, hunt_id: str, *, include_inactive: bool, after: str, limit: int
+    ) -> list[Checkpoint]:
+        self._count["list_checkpoints"].inc()
+        rows = await self._pool.fetch(
+            _LIST_CHECKPOINTS, hunt_id, after, include_inactive, limit, timeout=self._timeout
+        )
+        if not rows:
+            raise errors.NotFound(f"hunt {hunt_id} not found")
+        return [_checkpoint(r) for r in rows if r["checkpoint_id"] is not None]
+
+    async def tag(self, tag_id: str) -> tuple[Checkpoint | None, Hunt | None]:
+        """The checkpoint of a tag (active or not) and its hunt, in one read."""
+        self._count["tag"].inc()
+        row = await self._pool.fetchrow(_TAG, tag_id, timeout=self._timeout)
+        if row is None:
+            return None, None
+        return _checkpoint(row), _hunt(row)
+
+    async def active_checkpoints(self, hunt_id: str) -> CheckpointSet | None:
+        """The active checkpoints of a hunt and their set's version; None: no such hunt."""
+        self._count["active_checkpoints"].inc()
+        rows = await self._pool.fetch(_ACTIVE_CHECKPOINTS, hunt_id, timeout=self._timeout)
+        if not rows:
+            return None
+        return CheckpointSet(
+            version=rows[0]["set_version"],
+            checkpoints=tuple(_checkpoint(r) for r in rows if r["checkpoint_id"] is not None),
+        )
+
+    # -- tiles --------------------------------------------------------------
+
+    async def put_tile(
+        self, hunt_id: str, x: int, y: int, data: bytes, version: int, content_type: str
+    ) -> int:
+        """Stores a tile unless a newer version is stored; the version stored after."""
+        self._count["put_tile"].inc()
+        try:
+            stored = await self._pool.fetchval(
+                _PUT_TILE, hunt_id, x, y, version, content_type, data, timeout=self._timeout
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise errors.NotFound(f"hunt {hunt_id} not found") from None
+        if stored is None:  # a concurrent first put won the insert; read what it stored
+            stored = await self._pool.fetchval(
+                _STORED_TILE_VERSION, hunt_id, x, y, timeout=self._timeout
+            )
+        return stored
+
+    async def get_tile(self, hunt_id: str, x: int, y: int) -> TileRead:
+        """The tile as the view shows it, with the view's refresh time."""
+        self._count["get_tile"].inc()
+        row = await self._pool.fetchrow(_GET_TILE, hunt_id, x, y, timeout=self._timeout)
+        tile = None
+        if row["version"] is not None:
+            tile = Tile(row["version"], row["content_type"], row["data"])
+        return TileRead(tile, row["refreshed_at"])
+
+    async def last_refresh(self) -> datetime:
+        self._count["last_refresh"].inc()
+        return await self._pool.fetchval(_LAST_REFRESH, timeout=self._timeout)
+
+    async def refresh_tiles(self, timeout_s: float) -> TileRefresh:
+        """REFRESH ... CONCURRENTLY under a session advisory lock held on one
+        connection, so replicas never refresh at once; refreshed=False when
+        another holds it. The lock is released in a finally (pools here do not
+        reset sessions); a connection whose unlock fails is closed instead."""
+        self._count["refresh_tiles"].inc()
+        async with self._pool.acquire() as connection:
+            row = await connection.fetchrow(_TRY_LOCK, timeout=self._timeout)
+            if not row["locked"]:
+                return TileRefresh(False, row["refreshed_at"])
+            try:
+                async with connection.transaction():
+                    await connection.execute(_REFRESH, timeout=timeout_s)
+                    refreshed_at = await connection.fetchval(_RECORD_REFRESH, timeout=self._timeout)
+            finally:
+                try:
+                    await connection.execute(_UNLOCK, timeout=self._timeout)
+                except BaseException:
+                    # The session (and with it the lock) must not go back to the pool.
+                    connection.terminate()
+                    raise
+        return TileRefresh(True, refreshed_at)

@@ -1,0 +1,155 @@
+"""Map tiles: PutTile, GetTile from the materialized view, RefreshTiles under
+the advisory lock, and reads that a refresh never blocks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+import pytest
+
+from tests.support.geo import create_hunt, geo_service, status_of
+from treasure.geo.v1 import geo_pb2
+
+
+@pytest.fixture
+async def geo(pg_dsn, redis_urls):
+    async with geo_service(pg_dsn, redis_urls["geo"]) as running:
+        await create_hunt(running, "h1", columns=100, rows=100)
+        yield running
+
+
+async def get_tile(geo, x=0, y=0, known_version=0, hunt_id="h1") -> geo_pb2.GetTileResponse:
+    return await geo.client.GetTile(
+        geo_pb2.GetTileRequest(hunt_id=hunt_id, x=x, y=y, known_version=known_version)
+    )
+
+
+async def put_tile(geo, data: bytes, version: int, x=0, y=0, **extra) -> int:
+    reply = await geo.admin.PutTile(
+        geo_pb2.PutTileRequest(hunt_id="h1", x=x, y=y, data=data, version=version, **extra)
+    )
+    return reply.stored_version
+
+
+async def refresh(geo) -> geo_pb2.RefreshTilesResponse:
+    return await geo.admin.RefreshTiles(geo_pb2.RefreshTilesRequest(hunt_id="h1"))
+
+
+async def test_a_tile_is_visible_after_a_refresh(geo):
+    assert await put_tile(geo, b"v1", 1) == 1
+    assert await status_of(get_tile(geo)) == grpc.StatusCode.NOT_FOUND  # not in the view yet
+
+    first = await refresh(geo)
+    assert first.refreshed
+    tile = await get_tile(geo)
+    assert (tile.version, tile.data, tile.content_type) == (1, b"v1", "application/octet-stream")
+    assert not tile.not_modified and tile.view_refreshed_at == first.refreshed_at
+    held = await get_tile(geo, known_version=1)
+    assert held.not_modified and held.version == 1 and held.data == b""
+
+    # A newer version stays invisible until the next refresh.
+    assert await put_tile(geo, b"v2", 2, content_type="image/png") == 2
+    assert (await get_tile(geo)).data == b"v1"
+    # A lower version changes nothing.
+    assert await put_tile(geo, b"v0", 1) == 2
+
+    second = await refresh(geo)
+    assert second.refreshed and second.refreshed_at.ToDatetime() > first.refreshed_at.ToDatetime()
+    tile = await get_tile(geo, known_version=1)
+    assert (tile.version, tile.data, tile.content_type) == (2, b"v2", "image/png")
+    assert not tile.not_modified and tile.view_refreshed_at == second.refreshed_at
+
+    assert await status_of(get_tile(geo, x=5, y=5)) == grpc.StatusCode.NOT_FOUND
+    assert await status_of(get_tile(geo, hunt_id="nope")) == grpc.StatusCode.NOT_FOUND
+    age = geo.runtime.metrics.registry.get_sample_value("geo_tile_view_age_seconds")
+    assert age is not None and age >= 0
+
+
+async def test_tiles_are_cached_in_process_only_when_small(pg_dsn, redis_urls):
+    async with geo_service(pg_dsn, redis_urls["geo"], GEO_TILE_CACHE_MAX_TILE_BYTES="1024") as geo:
+        await create_hunt(geo, "h1")
+        await put_tile(geo, b"s" * 1024, 1, x=0)
+        await put_tile(geo, b"L" * 1025, 1, x=1)
+        await refresh(geo)
+        queries = geo.queries("get_tile")
+        for _ in range(3):
+            assert len((await get_tile(geo, x=0)).data) == 1024
+            assert len((await get_tile(geo, x=1)).data) == 1025
+        assert geo.queries("get_tile") - queries == 1 + 3
+
+
+async def test_two_concurrent_refreshes_run_one(geo, pg_dsn, redis_urls):
+    await put_tile(geo, b"v1", 1)
+    async with geo_service(pg_dsn, redis_urls["geo"]) as other:
+        blocker = await asyncpg.connect(pg_dsn)
+        try:
+            # Hold the refresh that gets the advisory lock inside its REFRESH.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("LOCK TABLE geo.hunt_tiles IN ACCESS EXCLUSIVE MODE")
+            calls = [asyncio.ensure_future(refresh(g)) for g in (geo, other)]
+            done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+            assert [task.result().refreshed for task in done] == [False]
+            await transaction.rollback()
+            late = await asyncio.wait_for(next(iter(pending)), 30)
+        finally:
+            await blocker.close()
+        assert late.refreshed
+        assert (await get_tile(other)).data == b"v1"
+
+
+async def _until_refresh_waits_for_a_lock(dsn: str) -> None:
+    # Its own connection: inside a transaction pg_stat_activity is a snapshot.
+    connection = await asyncpg.connect(dsn)
+    try:
+        await _poll_activity(connection)
+    finally:
+        await connection.close()
+
+
+async def _poll_activity(connection: asyncpg.Connection) -> None:
+    for _ in range(3000):
+        if await connection.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE query LIKE 'REFRESH MATERIALIZED VIEW CONCURRENTLY%'
+                 AND wait_event_type = 'Lock' AND datname = current_database()"""
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the refresh never reached its REFRESH statement")
+
+
+async def test_get_tile_is_not_blocked_by_a_refresh_of_a_large_view(geo, pg_dsn):
+    setup = await asyncpg.connect(pg_dsn)
+    try:
+        await setup.execute(
+            """INSERT INTO geo.hunt_tiles (hunt_id, x, y, version, content_type, data)
+               SELECT 'h1', x, y, 1, 'image/png', decode(repeat(md5(x || ':' || y), 64), 'hex')
+               FROM generate_series(0, 99) x, generate_series(0, 59) y"""
+        )
+    finally:
+        await setup.close()
+    await refresh(geo)
+    assert (await get_tile(geo, 7, 7)).version == 1
+    await put_tile(geo, b"new", 2, x=3, y=4)
+
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE geo.hunt_tiles IN ACCESS EXCLUSIVE MODE")
+        running = asyncio.ensure_future(refresh(geo))
+        # Wait until the refresh holds the view and waits inside REFRESH.
+        await _until_refresh_waits_for_a_lock(pg_dsn)
+        # Reads of tiles not in this process's cache go to the view, unhindered.
+        during = await asyncio.wait_for(get_tile(geo, 3, 4), 10)
+        others = await asyncio.wait_for(get_tile(geo, 50, 50), 10)
+        assert during.version == 1 and others.version == 1
+        assert not running.done()
+        await transaction.rollback()
+        assert (await asyncio.wait_for(running, 60)).refreshed
+    finally:
+        await blocker.close()
+    assert (await get_tile(geo, 3, 4)).data == b"new"

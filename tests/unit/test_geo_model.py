@@ -1,0 +1,73 @@
+"""Geo's pure pieces: the range rule, Redis GEO's latitude limit, cache encodings
+and the settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from libs.config import ConfigError
+from libs.geometry import distance_m
+from services.geo.cache import (
+    decode_checkpoint,
+    decode_hunt,
+    encode_checkpoint,
+    encode_hunt,
+)
+from services.geo.config import GeoConfig
+from services.geo.model import (
+    Checkpoint,
+    Grid,
+    Hunt,
+    HuntStatus,
+    allowed_m,
+    geo_indexable,
+)
+
+
+def test_allowed_distance_adds_at_most_50_m_of_accuracy():
+    assert allowed_m(25, 0) == 25
+    assert allowed_m(25, 12.5) == 37.5
+    assert allowed_m(25, 50) == 75
+    assert allowed_m(25, 5000) == 75
+    assert allowed_m(25, -3) == 25
+
+
+def test_distance_edge_cases():
+    assert distance_m(38.7, -9.1, 38.7, -9.1) == 0
+    # Across the antimeridian, and across the pole: short, not half the planet.
+    assert distance_m(0, 179.9999, 0, -179.9999) == pytest.approx(22.239, abs=1e-3)
+    assert distance_m(89.9999, 0, 89.9999, 180) == pytest.approx(22.239, abs=1e-3)
+    assert distance_m(90, 0, 90, 123) == pytest.approx(0, abs=1e-6)
+    # Antipodes: half the circumference, no math domain error.
+    assert distance_m(0, 0, 0, 180) == pytest.approx(20_015_115, rel=1e-6)
+
+
+def test_redis_geo_latitude_limit():
+    assert geo_indexable(85.05112878) and geo_indexable(-85.0)
+    assert not geo_indexable(85.06) and not geo_indexable(-89.9)
+
+
+def test_cache_encodings_round_trip():
+    cp = Checkpoint("c1", "h1", "t1", "Arco", 38.7075, -9.1364, 25.5, 10, 5, True, 42)
+    assert decode_checkpoint(encode_checkpoint(cp)) == cp
+    at = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    hunt = Hunt(
+        "h1", "Festival", at, at.replace(hour=18), HuntStatus.PUBLISHED,
+        Grid(38.7, -9.14, 100.0, 10, 20), at, at, 7,
+    )  # fmt: skip
+    assert decode_hunt(encode_hunt(hunt)) == hunt
+
+
+def test_config_defaults_and_problems():
+    config = GeoConfig.from_env({"GEO_PG_DSN": "postgresql://x/y", "GEO_REDIS_URL": "redis://r"})
+    assert config.tile_refresh_s == 300 and config.l1_ttl_s == 5
+    assert config.tile_cache_budget_bytes == 4096 * 16 * 1024
+    with pytest.raises(ConfigError) as err:
+        GeoConfig.from_env(
+            {"GEO_TILE_REFRESH_S": "0", "GEO_PG_POOL_MIN": "9", "GEO_PG_POOL_MAX": "3"}
+        )
+    message = str(err.value)
+    for name in ("GEO_PG_DSN", "GEO_REDIS_URL", "GEO_TILE_REFRESH_S", "GEO_PG_POOL_MIN"):
+        assert name in message
