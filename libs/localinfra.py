@@ -32,7 +32,10 @@ def free_port(below: int = 65536) -> int:
     whose bus port is the port + 10000)."""
     for _ in range(200):
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below)))
+            try:
+                sock.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below)))
+            except OSError:
+                continue  # taken: try another
             port = sock.getsockname()[1]
         if port < below and (below == 65536 or not _port_open(port + 10000)):
             return port
