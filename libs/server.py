@@ -221,15 +221,30 @@ class Runtime:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s)
             self._server = None
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop_tasks(self._background)
         self._background.clear()
         await self._resources.aclose()
         self.metrics.close()
         await asyncio.to_thread(self.telemetry.shutdown)
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]], patience_s: float = 5.0) -> None:
+    """Cancels background loops and waits for them, re-cancelling a loop that
+    swallowed its cancellation (Python 3.11's asyncio.timeout can turn a
+    cancel that races a deadline into TimeoutError); never waits forever."""
+    pending = [t for t in tasks if not t.done()]
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, still = await asyncio.wait(pending, timeout=0.5)
+        pending = list(still)
+        if pending and asyncio.get_running_loop().time() > deadline:
+            log.error("background loops did not stop: %s", [t.get_name() for t in pending])
+            break
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("background loop %s ended with %r", task.get_name(), task.exception())
 
 
 async def _supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:

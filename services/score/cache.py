@@ -188,6 +188,9 @@ class HotTier:
             async with asyncio.timeout(timeout_s), self._slots:
                 result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # a cancel that raced the deadline
             self._errors.labels(op).inc()
             # Only a refused or broken connection counts towards the breaker: a
             # missed deadline is as likely a busy event loop as a slow Redis,
