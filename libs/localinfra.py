@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import random
 import shutil
 import signal
 import socket
@@ -27,19 +26,11 @@ class InfraError(Exception):
     """A local server cannot be had; the message says what to install or do."""
 
 
-def free_port(below: int = 65536) -> int:
-    """A loopback port nobody listens on now (`below` for Redis Cluster nodes,
-    whose bus port is the port + 10000)."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", 0 if below == 65536 else random.randrange(20000, below)))
-            except OSError:
-                continue  # taken: try another
-            port = sock.getsockname()[1]
-        if port < below and (below == 65536 or not _port_open(port + 10000)):
-            return port
-    raise InfraError(f"no free port below {below}")
+def free_port() -> int:
+    """A loopback port nobody uses now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -151,13 +142,15 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self, timeout_s: float = 20.0) -> RedisCluster:
-        ports = self.ports or [free_port(below=55535) for _ in range(self.masters)]
+        ports = self.ports or [free_port() for _ in range(self.masters)]
         for port in ports:
             node_dir = self.workdir / str(port)
+            # The bus port is chosen free too, not port + 10000 (which may be taken).
+            bus = port + 10000 if self.ports and port + 10000 < 65536 else free_port()
             node = RedisServer(
                 self.config_file, port, node_dir,
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                            "--cluster-node-timeout", "2000"),
+                            "--cluster-node-timeout", "2000", "--cluster-port", str(bus)),
                 detach=self.detach,
             )  # fmt: skip
             self.nodes.append(node.start())
