@@ -100,16 +100,21 @@ def plot(runs: list[dict], path: Path) -> None:
     axes[1].plot(
         [r["offered_rate"] for r in opened], [r["p99_ms"] for r in opened], "o-", label="p99"
     )
-    axes[1].plot(
+    axes[1].set_yscale("log")
+    rate_axis = axes[1].twinx()
+    rate_axis.plot(
         [r["offered_rate"] for r in opened],
         [r["rate_per_s"] for r in opened],
         "s--",
-        label="achieved /s (right)",
+        color="green",
+        label="achieved /s",
     )
+    rate_axis.set_ylabel("achieved /s")
     axes[1].set_xlabel("offered SubmitScan rate (/s)")
-    axes[1].set_ylabel("ms")
+    axes[1].set_ylabel("latency ms (log)")
     axes[1].set_title("SubmitScan, open loop")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper left")
+    rate_axis.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
