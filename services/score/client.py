@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.channels import peer_error
+from services.score.model import PlayerTotal, UnlockedCheckpoint
 from treasure.score.v1 import score_pb2, score_pb2_grpc
 
 
@@ -25,27 +26,10 @@ class UnlockOutcome:
 
 
 @dataclass(frozen=True)
-class PlayerTotal:
-    player_id: str
-    total_points: int
-    reached_at: datetime
-    version: int
-
-
-@dataclass(frozen=True)
 class Score:
     total_points: int
     checkpoints_found: int
     reached_at: datetime | None
-
-
-@dataclass(frozen=True)
-class UnlockedCheckpoint:
-    checkpoint_id: str
-    points_awarded: int
-    first_finder: bool
-    unlocked_at: datetime
-    scan_id: str
 
 
 @dataclass(frozen=True)
