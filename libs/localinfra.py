@@ -256,3 +256,25 @@ def find_postgres(
         return private.dsn, None  # ours, left running by an earlier start
     private.start()
     return private.dsn, private
+
+
+async def wait_serving(target: str, timeout_s: float) -> bool:
+    """True once the gRPC server at `target` reports SERVING (grpc.health.v1);
+    False when it has not within `timeout_s`."""
+    import asyncio
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.05)
+    return False

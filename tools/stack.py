@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import asyncpg
@@ -30,6 +29,7 @@ from libs.localinfra import (
     RedisServer,
     find_postgres,
     stop_pid,
+    wait_serving,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,24 +127,9 @@ async def _migrate(dsn: str) -> None:
 
 
 async def _wait_serving(targets: dict[str, str], timeout_s: float) -> list[str]:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    pending = dict(targets)
-    while pending and time.monotonic() < deadline:
-        for name, target in list(pending.items()):
-            async with grpc.aio.insecure_channel(target) as channel:
-                try:
-                    reply = await health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        del pending[name]
-                except grpc.aio.AioRpcError:
-                    pass
-        await asyncio.sleep(0.2)
-    return sorted(pending)
+    """The names of the services not SERVING within `timeout_s`."""
+    ready = await asyncio.gather(*(wait_serving(t, timeout_s) for t in targets.values()))
+    return sorted(name for name, ok in zip(targets, ready, strict=True) if not ok)
 
 
 def _start_redis(name: str, port: int, cluster: bool) -> None:
@@ -275,7 +260,9 @@ def main() -> None:
     up_parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for SERVING"
     )
-    up_parser.add_argument("--cluster", action="store_true", help="a 3-master Redis Cluster per service")
+    up_parser.add_argument(
+        "--cluster", action="store_true", help="a 3-master Redis Cluster per service"
+    )
     up_parser.set_defaults(run=up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=down)
     commands.add_parser("status", help="pids of what runs").set_defaults(run=status)

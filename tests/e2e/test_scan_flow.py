@@ -259,3 +259,58 @@ async def test_list_player_scans_pages_newest_first(stack: Stack, hunt):
         if not token:
             break
     assert seen == ids[::-1]
+
+
+async def test_a_flushed_leaderboard_comes_back_equal_to_postgres(
+    stack: Stack, hunt, db, stack_dsn
+):
+    from tests.conftest import flush
+    from tools.verify import verify
+
+    hunt_id, cps = hunt
+    scan = stack.scan()
+    base = datetime.now(UTC) - timedelta(minutes=7)
+    for i in range(3):  # scores submitted out of order end in the right order
+        await scan.SubmitScan(
+            request(unique("late"), hunt_id, cps[i], at=base + timedelta(minutes=i)),
+            metadata=CLIENT,
+        )
+    truth = dict(
+        await db.fetch(
+            "SELECT player_id, total FROM score.player_scores WHERE hunt_id = $1", hunt_id
+        )
+    )
+    await flush(stack.redis["leaderboard"].url)
+
+    board = stack.leaderboard()
+    seen_unavailable = False
+    for _ in range(200):
+        try:
+            top = await board.GetTop(
+                leaderboard_pb2.GetTopRequest(hunt_id=hunt_id, limit=1000), metadata=CLIENT
+            )
+            break
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE  # never a partial board
+            seen_unavailable = True
+            await asyncio.sleep(0.05)
+    assert seen_unavailable
+    assert {e.player_id: e.total_points for e in top.entries} == truth
+    ranks = [(e.total_points, e.reached_at.ToDatetime()) for e in top.entries]
+    assert [r[0] for r in ranks] == sorted((r[0] for r in ranks), reverse=True)
+    first = top.entries[0]
+    rank = await board.GetRank(
+        leaderboard_pb2.GetRankRequest(hunt_id=hunt_id, player_id=first.player_id), metadata=CLIENT
+    )
+    assert (
+        rank.rank == 1
+        and rank.total_points == first.total_points
+        and rank.player_count == len(truth)
+    )
+    around = await board.GetAround(
+        leaderboard_pb2.GetAroundRequest(hunt_id=hunt_id, player_id=first.player_id, n=2),
+        metadata=CLIENT,
+    )
+    assert [e.player_id for e in around.entries] == [e.player_id for e in top.entries[:3]]
+    report = await verify(hunt_id, stack_dsn, stack_dsn, stack.channel("leaderboard"), CLIENT)
+    assert report.ok, report.problems

@@ -7,13 +7,10 @@ import importlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from libs import localinfra
 from libs.server import Runtime
 from tests.support.env import service_env
 
@@ -53,22 +50,5 @@ def spawn(service: str, env: dict[str, str], log_path: Path) -> subprocess.Popen
 
 
 async def wait_serving(target: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{target} not SERVING after {timeout_s}s")
-            await _sleep(0.05)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+    if not await localinfra.wait_serving(target, timeout_s):
+        raise TimeoutError(f"{target} not SERVING after {timeout_s}s")
