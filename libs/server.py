@@ -116,12 +116,15 @@ class Runtime:
         """A pool on `dsn` once Postgres answers, with `schema` migrated."""
         try:
             await pg.wait_for(dsn, self.settings.startup_timeout_s)
-        except Exception as exc:
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StartupError(f"postgres is not reachable for {schema}: {exc}") from exc
         pool = await pg.create_pool(dsn, min_size=min_size, max_size=max_size)
         self._resources.push_async_callback(pool.close)
         if migrations is not None:
-            await pg.migrate(pool, schema, migrations)
+            try:
+                await pg.migrate(pool, schema, migrations)
+            except pg.MigrationError as exc:
+                raise StartupError(f"migrations of {schema}: {exc}") from exc
         self._probes.append(lambda: pool.fetchval("SELECT 1"))
         return pool
 
