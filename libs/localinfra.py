@@ -142,6 +142,13 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self, timeout_s: float = 20.0) -> RedisCluster:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()  # no node left behind when the cluster cannot be made
+            raise
+
+    def _start(self, timeout_s: float) -> RedisCluster:
         ports = self.ports or [free_port() for _ in range(self.masters)]
         for port in ports:
             node_dir = self.workdir / str(port)
