@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.channels import peer_error
+from libs.timestamps import timestamp
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
@@ -64,12 +64,6 @@ class CheckInResult:
         )
 
 
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 class GeoClient:
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 1.0) -> None:
         self._stub = geo_pb2_grpc.GeoServiceStub(channel)
@@ -93,7 +87,7 @@ class GeoClient:
             tag_id=tag_id,
             location=common_pb2.GeoPoint(lat=lat, lon=lon),
             accuracy_m=accuracy_m,
-            at=_ts(at),
+            at=timestamp(at),
         )
         try:
             reply = await self._stub.CheckIn(request, timeout=timeout_s or self._timeout_s)

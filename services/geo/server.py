@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from libs import paging, validate
 from libs.auth import ADMIN, INTERNAL, PUBLIC
 from libs.cache import MISSING, TtlCache
 from libs.errors import InvalidArgument
 from libs.server import Binding
+from libs.timestamps import timestamp, timestamp_ms
 from services.geo.model import (
     Checkpoint,
     CheckpointInput,
@@ -187,25 +186,13 @@ def _cursor_after(token: str, **scope: str) -> str:
 # -- domain -> proto ------------------------------------------------------------
 
 
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def _ts_ms(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
 def hunt_pb(hunt: Hunt) -> geo_pb2.Hunt:
     g = hunt.grid
     return geo_pb2.Hunt(
         hunt_id=hunt.hunt_id,
         name=hunt.name,
-        starts_at=_ts(hunt.starts_at),
-        ends_at=_ts(hunt.ends_at),
+        starts_at=timestamp(hunt.starts_at),
+        ends_at=timestamp(hunt.ends_at),
         status=_STATUS_OUT[hunt.status],
         grid=geo_pb2.TileGrid(
             origin=common_pb2.GeoPoint(lat=g.origin_lat, lon=g.origin_lon),
@@ -213,8 +200,8 @@ def hunt_pb(hunt: Hunt) -> geo_pb2.Hunt:
             columns=g.columns,
             rows=g.rows,
         ),
-        created_at=_ts(hunt.created_at),
-        updated_at=_ts(hunt.updated_at),
+        created_at=timestamp(hunt.created_at),
+        updated_at=timestamp(hunt.updated_at),
     )
 
 
@@ -333,7 +320,7 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
         await self._geo.require_hunt(validate.require_id("hunt_id", request.hunt_id))
         result = await self._geo.refresh_tiles()
         return geo_pb2.RefreshTilesResponse(
-            refreshed=result.refreshed, refreshed_at=_ts(result.refreshed_at)
+            refreshed=result.refreshed, refreshed_at=timestamp(result.refreshed_at)
         )
 
     async def GetTile(self, request, context) -> geo_pb2.GetTileResponse:
@@ -348,13 +335,13 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
                 not_modified=True,
                 version=tile.version,
                 content_type=tile.content_type,
-                view_refreshed_at=_ts(read.refreshed_at),
+                view_refreshed_at=timestamp(read.refreshed_at),
             )
         return geo_pb2.GetTileResponse(
             version=tile.version,
             data=tile.data,
             content_type=tile.content_type,
-            view_refreshed_at=_ts(read.refreshed_at),
+            view_refreshed_at=timestamp(read.refreshed_at),
         )
 
     # -- check-in and locations -----------------------------------------------
@@ -406,7 +393,7 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
                 player_id=seen.player_id,
                 location=common_pb2.GeoPoint(lat=seen.lat, lon=seen.lon),
                 accuracy_m=seen.accuracy_m,
-                seen_at=_ts_ms(seen.seen_ms),
+                seen_at=timestamp_ms(seen.seen_ms),
             )
         )
 

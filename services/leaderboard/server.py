@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs import paging, validate
 from libs.auth import ADMIN, INTERNAL, PUBLIC
 from libs.channels import remaining
 from libs.errors import InvalidArgument
 from libs.server import Binding
+from libs.timestamps import timestamp_ms
 from services.leaderboard.board import Leaderboard
 from services.leaderboard.cache import Cursor, Entry, Update
 from services.leaderboard.watch import TopSnapshot, WatchHub
@@ -40,16 +40,12 @@ MAX_AROUND = 100
 MAX_WATCH = 100
 
 
-def _timestamp(ms: int) -> Timestamp:
-    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
-
-
 def _entry(entry: Entry) -> leaderboard_pb2.LeaderboardEntry:
     return leaderboard_pb2.LeaderboardEntry(
         rank=entry.rank,
         player_id=entry.player_id,
         total_points=entry.total,
-        reached_at=_timestamp(entry.reached_ms),
+        reached_at=timestamp_ms(entry.reached_ms),
     )
 
 
@@ -130,7 +126,7 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
             rank=entry.rank,
             total_points=entry.total,
             player_count=count,
-            reached_at=_timestamp(entry.reached_ms),
+            reached_at=timestamp_ms(entry.reached_ms),
         )
 
     async def GetAround(
@@ -174,7 +170,7 @@ def _watch_response(snapshot: TopSnapshot) -> leaderboard_pb2.WatchTopResponse:
     return leaderboard_pb2.WatchTopResponse(
         entries=[_entry(e) for e in snapshot.entries],
         player_count=snapshot.player_count,
-        as_of=_timestamp(snapshot.as_of_ms),
+        as_of=timestamp_ms(snapshot.as_of_ms),
     )
 
 

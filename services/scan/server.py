@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs import paging, validate
 from libs.auth import PUBLIC
 from libs.server import Binding
+from libs.timestamps import timestamp
 from services.scan.flow import Budget, ScanFlow
 from services.scan.model import Answer, Outcome, ScanInput, ScanRecord, Status
 from treasure.common.v1 import common_pb2
@@ -38,12 +38,6 @@ _STATUS = {
 MAX_AHEAD = timedelta(seconds=30)
 
 
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def _answer_fields(answer: Answer) -> dict:
     return {
         "scan_id": answer.scan_id,
@@ -67,13 +61,13 @@ def _scan(record: ScanRecord) -> scan_pb2.Scan:
         tag_id=scan.tag_id,
         location=common_pb2.GeoPoint(lat=scan.lat, lon=scan.lon),
         accuracy_m=scan.accuracy_m,
-        scanned_at=_ts(scan.scanned_at),
+        scanned_at=timestamp(scan.scanned_at),
         client_scan_id=scan.client_scan_id,
-        received_at=_ts(record.received_at),
+        received_at=timestamp(record.received_at),
         **_answer_fields(record.answer),
     )
     if record.applied_at is not None:
-        message.applied_at.CopyFrom(_ts(record.applied_at))
+        message.applied_at.CopyFrom(timestamp(record.applied_at))
     return message
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.channels import peer_error
+from libs.timestamps import timestamp
 from services.score.model import PlayerTotal, UnlockedCheckpoint
 from treasure.score.v1 import score_pb2, score_pb2_grpc
 
@@ -39,12 +39,6 @@ class Progress:
     checkpoints: tuple[UnlockedCheckpoint, ...]  # oldest first
 
 
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 class ScoreClient:
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
         self._stub = score_pb2_grpc.ScoreServiceStub(channel)
@@ -69,7 +63,7 @@ class ScoreClient:
             checkpoint_id=checkpoint_id,
             points=points,
             first_finder_bonus=first_finder_bonus,
-            at=_ts(at),
+            at=timestamp(at),
         )
         try:
             reply = await self._stub.Unlock(request, timeout=timeout_s or self._timeout_s)

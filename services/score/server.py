@@ -9,16 +9,15 @@ with one load per key at a time (single-flight), refilling the hot tier.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate, trace
 
 from libs import validate
 from libs.auth import INTERNAL, PUBLIC
 from libs.cache import SingleFlight
 from libs.server import Binding
+from libs.timestamps import timestamp
 from services.score.cache import HotTier
 from services.score.model import Progress, Score, UnlockedCheckpoint, UnlockKind
 from services.score.store import ScoreStore
@@ -41,12 +40,6 @@ _RESULTS = {
     UnlockKind.REPLAYED: score_pb2.UNLOCK_RESULT_UNLOCKED,
     UnlockKind.ALREADY_UNLOCKED: score_pb2.UNLOCK_RESULT_ALREADY_UNLOCKED,
 }
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
@@ -153,7 +146,7 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                 checkpoint_id=cp.checkpoint_id,
                 points_awarded=cp.points_awarded,
                 first_finder=cp.first_finder,
-                unlocked_at=_ts(cp.unlocked_at),
+                unlocked_at=timestamp(cp.unlocked_at),
                 scan_id=cp.scan_id,
             )
         return response

@@ -11,7 +11,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.support.hunts import LISBON, Spot, create_hunt, offset, spots, ts
+from libs.timestamps import timestamp
+from tests.support.hunts import LISBON, Spot, create_hunt, offset, spots
 from tests.support.stack import CLIENT, Stack
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2
@@ -37,7 +38,7 @@ def request(player: str, hunt: str, spot: Spot, *, at: datetime, client_scan_id:
         tag_id=spot.tag_id,
         location=common_pb2.GeoPoint(lat=lat, lon=lon),
         accuracy_m=accuracy,
-        scanned_at=ts(at),
+        scanned_at=timestamp(at),
         client_scan_id=client_scan_id or unique("c"),
     )
 
@@ -216,10 +217,13 @@ async def test_rate_limit_answers_resource_exhausted_with_a_delay(stack: Stack, 
         (lambda r: setattr(r, "accuracy_m", -1), "accuracy_m"),
         (lambda r: setattr(r, "accuracy_m", float("nan")), "accuracy_m"),
         (
-            lambda r: r.scanned_at.CopyFrom(ts(datetime.now(UTC) + timedelta(minutes=2))),
+            lambda r: r.scanned_at.CopyFrom(timestamp(datetime.now(UTC) + timedelta(minutes=2))),
             "scanned_at",
         ),
-        (lambda r: r.scanned_at.CopyFrom(ts(datetime.now(UTC) - timedelta(hours=1))), "scanned_at"),
+        (
+            lambda r: r.scanned_at.CopyFrom(timestamp(datetime.now(UTC) - timedelta(hours=1))),
+            "scanned_at",
+        ),
         (lambda r: r.ClearField("scanned_at"), "scanned_at"),
     ],
 )

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
+from libs.timestamps import timestamp
 from tests.support.geo import (
     checkpoint_message,
     create_hunt,
@@ -17,7 +18,6 @@ from tests.support.geo import (
     hunt_message,
     point,
     status_of,
-    ts,
     upsert_checkpoint,
 )
 from treasure.geo.v1 import geo_pb2
@@ -73,7 +73,7 @@ async def test_hunt_lifecycle(geo):
 
 async def test_update_keeps_the_window_valid(geo):
     await create_hunt(geo, "h1")
-    early = geo_pb2.Hunt(hunt_id="h1", ends_at=ts(datetime(2001, 1, 1, tzinfo=UTC)))
+    early = geo_pb2.Hunt(hunt_id="h1", ends_at=timestamp(datetime(2001, 1, 1, tzinfo=UTC)))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await geo.admin.UpdateHunt(
             geo_pb2.UpdateHuntRequest(hunt=early, update_mask=FieldMask(paths=["ends_at"]))
@@ -169,7 +169,7 @@ async def test_roles(geo):
         player_id="p1",
         tag_id="t1",
         location=point(38.7, -9.1),
-        at=ts(datetime.now(UTC)),
+        at=timestamp(datetime.now(UTC)),
     )
     assert await status_of(geo.client.CheckIn(check_in)) == grpc.StatusCode.PERMISSION_DENIED
     assert await status_of(geo.admin.CheckIn(check_in)) == grpc.StatusCode.PERMISSION_DENIED
@@ -217,7 +217,7 @@ HUNT_RULES = [
     (_hunt(name="n" * 201), "hunt.name"),
     (_hunt(starts_at=None), "hunt.starts_at"),
     (_hunt(ends_at=None), "hunt.ends_at"),
-    (_hunt(ends_at=ts(_NOW - timedelta(days=2))), "hunt.ends_at"),
+    (_hunt(ends_at=timestamp(_NOW - timedelta(days=2))), "hunt.ends_at"),
     (_hunt(status=geo_pb2.HUNT_STATUS_UNSPECIFIED), "hunt.status"),
     (_hunt(status=42), "hunt.status"),
     (_hunt(grid=None), "hunt.grid"),
@@ -295,7 +295,7 @@ async def _field_of(call) -> str:
 
 async def test_request_rules(geo):
     await create_hunt(geo, "h1", columns=4, rows=3)
-    now = ts(datetime.now(UTC))
+    now = timestamp(datetime.now(UTC))
     here = point(38.7, -9.1)
     service, client, admin = geo.service, geo.client, geo.admin
 
@@ -319,7 +319,7 @@ async def test_request_rules(geo):
                     hunt_id="h1",
                     player_id="p1",
                     location=here,
-                    at=ts(datetime.now(UTC) + timedelta(seconds=90)),
+                    at=timestamp(datetime.now(UTC) + timedelta(seconds=90)),
                 )
             ),
             "at",

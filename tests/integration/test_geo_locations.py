@@ -11,6 +11,7 @@ import pytest
 
 from libs import rediskit
 from libs.geometry import EARTH_RADIUS_M
+from libs.timestamps import timestamp
 from tests.support.geo import (
     ORIGIN,
     FakeClock,
@@ -18,7 +19,6 @@ from tests.support.geo import (
     geo_service,
     point,
     status_of,
-    ts,
     upsert_checkpoint,
 )
 from treasure.geo.v1 import geo_pb2
@@ -72,7 +72,7 @@ async def test_last_location_lasts_30_seconds(geo, clock):
     assert reply.location.seen_at.ToMilliseconds() == int(clock.now * 1000)
 
     # An older fix arriving late does not move the player back.
-    await update(geo, "p1", north(500), at=ts(clock.datetime() - timedelta(seconds=5)))
+    await update(geo, "p1", north(500), at=timestamp(clock.datetime() - timedelta(seconds=5)))
     reply = await geo.client.GetPlayerLocation(geo_pb2.GetPlayerLocationRequest(player_id="p1"))
     assert reply.location.location.lat == north(10)[0]
 
@@ -117,7 +117,7 @@ async def test_nearby_players_are_those_seen_in_the_last_60_seconds(geo, clock):
     assert await nearby_players(geo, radius_m=10_000) == ["fresh", "mover"]
 
     # A fix already older than 60 s never shows up.
-    await update(geo, "stale", north(5), at=ts(clock.datetime() - timedelta(seconds=61)))
+    await update(geo, "stale", north(5), at=timestamp(clock.datetime() - timedelta(seconds=61)))
     assert "stale" not in await nearby_players(geo)
 
 

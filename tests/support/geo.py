@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.auth import bearer_interceptors
 from libs.server import Runtime
+from libs.timestamps import timestamp
 from services.geo import __main__ as geo_main
 from services.geo.client import GeoClient
 from services.geo.config import GeoConfig
@@ -95,12 +95,6 @@ async def geo_service(
                 await channel.close()
 
 
-def ts(value: datetime) -> Timestamp:
-    result = Timestamp()
-    result.FromDatetime(value)
-    return result
-
-
 def point(lat: float, lon: float) -> common_pb2.GeoPoint:
     return common_pb2.GeoPoint(lat=lat, lon=lon)
 
@@ -120,8 +114,8 @@ def hunt_message(
     return geo_pb2.Hunt(
         hunt_id=hunt_id,
         name=name,
-        starts_at=ts(starts_at or now - timedelta(hours=1)),
-        ends_at=ts(ends_at or now + timedelta(hours=5)),
+        starts_at=timestamp(starts_at or now - timedelta(hours=1)),
+        ends_at=timestamp(ends_at or now + timedelta(hours=5)),
         status=status,
         grid=geo_pb2.TileGrid(
             origin=point(*ORIGIN), tile_size_m=tile_size_m, columns=columns, rows=rows

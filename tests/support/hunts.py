@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from libs.timestamps import timestamp
 from tests.support.env import ADMIN_TOKEN, bearer
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2
@@ -25,12 +24,6 @@ class Spot:
     points: int
     bonus: int
     radius_m: float = 30.0
-
-
-def ts(value: datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
@@ -63,8 +56,8 @@ async def create_hunt(
     hunt = geo_pb2.Hunt(
         hunt_id=hunt_id,
         name=f"Hunt {hunt_id}",
-        starts_at=ts(now + timedelta(seconds=starts_in_s)),
-        ends_at=ts(now + timedelta(days=1)),
+        starts_at=timestamp(now + timedelta(seconds=starts_in_s)),
+        ends_at=timestamp(now + timedelta(days=1)),
         status=status,
         grid=geo_pb2.TileGrid(
             origin=common_pb2.GeoPoint(lat=LISBON[0] - 0.01, lon=LISBON[1] - 0.01),
