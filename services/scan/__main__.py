@@ -12,6 +12,7 @@ from services.geo.client import GeoClient
 from services.scan.cache import CONTRACT, ScanCache
 from services.scan.config import ScanConfig
 from services.scan.flow import FlowSettings, ScanFlow
+from services.scan.purge import LocationPurge
 from services.scan.relay import ScanRelay
 from services.scan.server import ScanServicer, binding
 from services.scan.store import ScanStore
@@ -33,6 +34,7 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
             rate_window_s=config.rate_window_s,
             pending_ttl_s=max(5.0, config.geo_timeout_s + config.score_timeout_s + 1.0),
             answer_ttl_s=config.idempotency_ttl_s,
+            last_scan_ttl_s=min(86_400, config.location_retention_s),
         )
         flow = ScanFlow(
             store,
@@ -58,6 +60,14 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
             lease_s=config.lease_s,
         )
         runtime.background("scan-relay", relay.run)
+        purge = LocationPurge(
+            store,
+            cache,
+            runtime.metrics,
+            retention_s=config.location_retention_s,
+            interval_s=config.purge_interval_s,
+        )
+        runtime.background("scan-location-purge", purge.run)
         await runtime.serve(
             binding(ScanServicer(flow, max_scan_age=timedelta(seconds=config.max_scan_age_s)))
         )

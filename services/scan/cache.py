@@ -7,11 +7,16 @@ token from the player's bucket and marks the scan pending; it also returns the
 player's last position for the speed check. `finish()` stores the answer and
 the new position in one pipeline. Redis may lose any of it (allkeys-lru):
 Postgres's unique key still makes scans idempotent.
+
+A last position expires `last_scan_ttl_s` after the scan it holds (the
+composition root caps that at the location retention), and the location purge
+deletes the ones older than the retention (`forget_positions_before`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -104,7 +109,7 @@ class ScanCache:
         self._per_ms = rate_limit / (rate_window_s * 1000.0)
         self._pending_ttl_ms = int(pending_ttl_s * 1000)
         self._answer_ttl_s = answer_ttl_s
-        self._last_ttl_s = last_scan_ttl_s
+        self._last_ttl_ms = last_scan_ttl_s * 1000
 
     async def admit(self, player_id: str, client_scan_id: str) -> Admission:
         reply = await self._admit(
@@ -138,17 +143,44 @@ class ScanCache:
             pipe.delete(idem)
         if position is not None:
             last = keys.last_scan(player_id)
+            at_ms = int(position.at.timestamp() * 1000)
             pipe.hset(
                 last,
                 mapping={
                     "lat": repr(position.lat),
                     "lon": repr(position.lon),
                     "acc": repr(position.accuracy_m),
-                    "at": int(position.at.timestamp() * 1000),
+                    "at": at_ms,
                 },
             )
-            pipe.expire(last, self._last_ttl_s)
+            # Counted from the scan, not from this write: a scan applied late
+            # (by the relay) does not keep its location longer.
+            pipe.pexpireat(last, at_ms + self._last_ttl_ms)
         await pipe.execute()
+
+    async def forget_positions_before(self, player_ids: Iterable[str], cutoff: datetime) -> int:
+        """Deletes the last position of each player whose position is older
+        than `cutoff`; returns how many were deleted. Two pipelines (read,
+        then delete), not a script: pipelines of single-key commands work on
+        Redis Cluster. A position written between the two is deleted too,
+        which only costs that player's next speed check a Postgres read."""
+        players = sorted(set(player_ids))
+        if not players:
+            return 0
+        read = self._redis.pipeline(transaction=False)
+        for player_id in players:
+            read.hget(keys.last_scan(player_id), "at")
+        ats = await read.execute()
+        cutoff_ms = int(cutoff.timestamp() * 1000)
+        old = [
+            p for p, at in zip(players, ats, strict=True) if at is not None and int(at) < cutoff_ms
+        ]
+        if not old:
+            return 0
+        delete = self._redis.pipeline(transaction=False)
+        for player_id in old:
+            delete.delete(keys.last_scan(player_id))
+        return sum(await delete.execute())
 
     async def answer_of(self, player_id: str, client_scan_id: str) -> tuple[bool, Answer | None]:
         """(marker present, answer) for a copy waiting on another."""

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from opentelemetry import propagate, trace
 from redis.exceptions import RedisError
@@ -225,7 +225,7 @@ class ScanFlow:
         relay when geo or score cannot answer now."""
         scan = record.input
         try:
-            answer = await self._decide(record, previous, previous_known, budget)
+            answer, hunt_ends_at = await self._decide(record, previous, previous_known, budget)
         except errors.ServiceError as exc:
             delay = min(
                 self._settings.max_backoff_s, 0.5 * 2 ** min(record.attempts, 10)
@@ -237,7 +237,7 @@ class ScanFlow:
             answer = Answer(scan_id=record.scan_id, status=Status.RECEIVED)
             await self._remember(scan, answer, None)
             return answer
-        final = (await self._store.apply(answer)).answer
+        final = (await self._store.apply(answer, hunt_ends_at)).answer
         position = None
         if final.outcome in PLAUSIBLE:
             position = Position(
@@ -255,10 +255,18 @@ class ScanFlow:
 
     async def _decide(
         self, record: ScanRecord, previous: Position | None, previous_known: bool, budget: Budget
-    ) -> Answer:
-        """`previous`: the player's last plausible position, when the caller
+    ) -> tuple[Answer, datetime | None]:
+        """The answer, and the end of the scan's hunt when geo told it.
+        `previous`: the player's last plausible position, when the caller
         knows it (`previous_known`); otherwise it is read from the log."""
         scan = record.input
+        if record.location_purged_at is not None:
+            # Still 'received' when its retention passed (services.scan.purge):
+            # without its location it can no longer be checked in.
+            log.warning("scan %s lost its location before it was applied", record.scan_id)
+            return Answer(
+                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.HUNT_NOT_ACTIVE
+            ), None
         check = await self._geo.check_in(
             hunt_id=scan.hunt_id,
             player_id=scan.player_id,
@@ -280,18 +288,19 @@ class ScanFlow:
                 **fields,  # type: ignore[arg-type]
             )
 
+        ends = check.hunt_ends_at
         if check.tag_status is not TagStatus.FOUND:
             return Answer(
                 scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.UNKNOWN_TAG
-            )
+            ), ends
         if not check.hunt_active_at(scan.scanned_at):
-            return answer(Outcome.HUNT_NOT_ACTIVE)
+            return answer(Outcome.HUNT_NOT_ACTIVE), ends
         if not check.in_range:
-            return answer(Outcome.OUT_OF_RANGE)
+            return answer(Outcome.OUT_OF_RANGE), ends
         if not previous_known:
             previous = await self._store.previous_position(scan.player_id, record.scan_id)
         if previous is not None and implausible_speed(previous, scan, self._settings.max_speed_mps):
-            return answer(Outcome.IMPLAUSIBLE_SPEED)
+            return answer(Outcome.IMPLAUSIBLE_SPEED), ends
         unlock = await self._score.unlock(
             scan_id=record.scan_id,
             hunt_id=scan.hunt_id,
@@ -307,7 +316,7 @@ class ScanFlow:
             points_awarded=unlock.points_awarded,
             total_points=unlock.total_points,
             first_finder=unlock.first_finder,
-        )
+        ), ends
 
     # -- reads -----------------------------------------------------------------
 

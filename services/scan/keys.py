@@ -19,6 +19,8 @@ def rate(player_id: str) -> str:
 
 
 def last_scan(player_id: str) -> str:
-    """`scan:last:{p42}` -> hash {lat, lon, acc, at_ms}: where the player's last
-    plausible scan was, for the speed check. Falls back to Postgres."""
+    """`scan:last:{p42}` -> hash {lat, lon, acc, at (ms)}: where the player's
+    last plausible scan was, for the speed check. Falls back to Postgres.
+    Expires a day after that scan, or sooner: never later than the location
+    retention (services.scan.purge)."""
     return f"scan:last:{{{player_id}}}"

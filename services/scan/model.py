@@ -41,12 +41,16 @@ def new_scan_id() -> str:
 
 @dataclass(frozen=True)
 class ScanInput:
+    """A scan as submitted. `lat`, `lon` and `accuracy_m` are always set on a
+    submitted scan; they are None only on a scan read back from the log after
+    its location was purged (`ScanRecord.location_purged_at`)."""
+
     player_id: str
     hunt_id: str
     tag_id: str
-    lat: float
-    lon: float
-    accuracy_m: float
+    lat: float | None
+    lon: float | None
+    accuracy_m: float | None
     scanned_at: datetime
     client_scan_id: str
 
@@ -101,3 +105,9 @@ class ScanRecord:
     applied_at: datetime | None
     #: W3C trace context of the SubmitScan that recorded it (for span links).
     traceparent: str = ""
+    #: The end of the scan's hunt, as geo said when the scan was applied; None
+    #: while 'received' or when geo did not know the tag or the hunt.
+    hunt_ends_at: datetime | None = None
+    #: When the scan's location was purged (services.scan.purge); its input's
+    #: lat, lon and accuracy_m are None from then on.
+    location_purged_at: datetime | None = None

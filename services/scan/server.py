@@ -54,18 +54,21 @@ def _answer_fields(answer: Answer) -> dict:
 
 
 def _scan(record: ScanRecord) -> scan_pb2.Scan:
+    """A recorded scan; without `location` (and `accuracy_m` 0) once its
+    location was purged (services.scan.purge)."""
     scan = record.input
     message = scan_pb2.Scan(
         player_id=scan.player_id,
         hunt_id=scan.hunt_id,
         tag_id=scan.tag_id,
-        location=common_pb2.GeoPoint(lat=scan.lat, lon=scan.lon),
-        accuracy_m=scan.accuracy_m,
         scanned_at=timestamp(scan.scanned_at),
         client_scan_id=scan.client_scan_id,
         received_at=timestamp(record.received_at),
         **_answer_fields(record.answer),
     )
+    if scan.lat is not None and scan.lon is not None:
+        message.location.CopyFrom(common_pb2.GeoPoint(lat=scan.lat, lon=scan.lon))
+        message.accuracy_m = scan.accuracy_m or 0.0
     if record.applied_at is not None:
         message.applied_at.CopyFrom(timestamp(record.applied_at))
     return message

@@ -4,12 +4,16 @@ A scan is inserted 'received' with a lease (`next_attempt_at`) before
 anything else happens; applying it is a conditional update from 'received',
 so it happens once whoever drives it. The relay claims received rows whose
 lease has passed with FOR UPDATE SKIP LOCKED, so replicas share the work.
+
+A row's location (lat, lon, accuracy_m) is purged once its retention has
+passed (`purge_locations`, rule in services.scan.purge); every read copes with
+a row without one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -17,7 +21,7 @@ from services.scan.model import PLAUSIBLE, Answer, Outcome, Position, ScanInput,
 
 _COLUMNS = """scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon, accuracy_m, scanned_at,
     received_at, status, outcome, points_awarded, total_points, checkpoint_id, checkpoint_name,
-    first_finder, attempts, applied_at, traceparent"""
+    first_finder, attempts, applied_at, traceparent, hunt_ends_at, location_purged_at"""
 
 
 def _record(row: asyncpg.Record) -> ScanRecord:
@@ -47,10 +51,34 @@ def _record(row: asyncpg.Record) -> ScanRecord:
         attempts=row["attempts"],
         applied_at=row["applied_at"],
         traceparent=row["traceparent"],
+        hunt_ends_at=row["hunt_ends_at"],
+        location_purged_at=row["location_purged_at"],
     )
 
 
 _PLAUSIBLE = [o.value for o in PLAUSIBLE]
+
+#: When a row's retention starts: its hunt's end, or, when that is not known,
+#: the later of the scan's two times. The same expression as the partial index
+#: `scans_location_due` (migrations/0002), so the purge can use it.
+_RETENTION_STARTS = "coalesce(hunt_ends_at, greatest(scanned_at, received_at))"
+
+#: Takes up to $2 rows whose location is due ($1: the retention), skipping
+#: rows another statement holds (a replica's purge, a scan being applied).
+PURGE_DUE = f"""SELECT scan_id FROM scan.scans
+    WHERE location_purged_at IS NULL AND {_RETENTION_STARTS} < now() - $1::interval
+    ORDER BY {_RETENTION_STARTS}
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED"""
+
+
+def _position(
+    lat: float | None, lon: float | None, accuracy_m: float | None, at: datetime | None
+) -> Position | None:
+    """A row's position; None when there is no row or its location was purged."""
+    if at is None or lat is None or lon is None or accuracy_m is None:
+        return None
+    return Position(lat=lat, lon=lon, accuracy_m=accuracy_m, at=at)
 
 
 @dataclass(frozen=True)
@@ -68,7 +96,8 @@ class ScanStore:
     ) -> tuple[ScanRecord, Position | None] | None:
         """Records a new scan; None when (player, client_scan_id) exists already.
         Also returns where the player's last plausible applied scan was (for
-        the speed check), read in the same round trip."""
+        the speed check), read in the same round trip: None when there is none
+        or its location was purged."""
         row = await self._pool.fetchrow(
             f"""WITH previous AS (
                     SELECT lat AS p_lat, lon AS p_lon, accuracy_m AS p_acc, scanned_at AS p_at
@@ -97,11 +126,7 @@ class ScanStore:
         )
         if row is None:
             return None
-        previous = None
-        if row["p_at"] is not None:
-            previous = Position(
-                lat=row["p_lat"], lon=row["p_lon"], accuracy_m=row["p_acc"], at=row["p_at"]
-            )
+        previous = _position(row["p_lat"], row["p_lon"], row["p_acc"], row["p_at"])
         return _record(row), previous
 
     async def get(self, scan_id: str) -> ScanRecord | None:
@@ -118,13 +143,15 @@ class ScanStore:
         )
         return _record(row) if row is not None else None
 
-    async def apply(self, answer: Answer) -> ScanRecord:
+    async def apply(self, answer: Answer, hunt_ends_at: datetime | None = None) -> ScanRecord:
         """Marks the scan applied with `answer`, unless it was applied already:
-        either way, returns the row as it stands (the first answer wins)."""
+        either way, returns the row as it stands (the first answer wins).
+        `hunt_ends_at`: the end of the scan's hunt when geo told it (when the
+        location's retention starts), recorded in the same statement."""
         row = await self._pool.fetchrow(
             f"""UPDATE scan.scans SET status = 'applied', outcome = $2, points_awarded = $3,
                     total_points = $4, checkpoint_id = $5, checkpoint_name = $6, first_finder = $7,
-                    applied_at = now(), last_error = ''
+                    applied_at = now(), last_error = '', hunt_ends_at = $8
                 WHERE scan_id = $1 AND status = 'received'
                 RETURNING {_COLUMNS}""",
             answer.scan_id,
@@ -134,6 +161,7 @@ class ScanStore:
             answer.checkpoint_id,
             answer.checkpoint_name,
             answer.first_finder,
+            hunt_ends_at,
         )
         if row is None:
             # Applied by another driver: read it in a new statement (a new
@@ -181,7 +209,10 @@ class ScanStore:
         return sorted((_record(r) for r in rows), key=lambda r: r.scan_id)
 
     async def previous_position(self, player_id: str, before_scan_id: str) -> Position | None:
-        """Where the player's last plausible applied scan before this one was."""
+        """Where the player's last plausible applied scan before this one was;
+        None when there is none or its location was purged. (An older scan
+        would still be a sound check, but finding one walks every purged row
+        of the player; the caller then simply has no speed check.)"""
         row = await self._pool.fetchrow(
             """SELECT lat, lon, accuracy_m, scanned_at FROM scan.scans
                WHERE player_id = $1 AND scan_id < $2 AND status = 'applied' AND outcome = ANY($3::text[])
@@ -192,9 +223,7 @@ class ScanStore:
         )
         if row is None:
             return None
-        return Position(
-            lat=row["lat"], lon=row["lon"], accuracy_m=row["accuracy_m"], at=row["scanned_at"]
-        )
+        return _position(row["lat"], row["lon"], row["accuracy_m"], row["scanned_at"])
 
     async def list_player(
         self, player_id: str, hunt_id: str, before_scan_id: str, limit: int
@@ -210,6 +239,21 @@ class ScanStore:
             limit,
         )
         return [_record(r) for r in rows]
+
+    async def purge_locations(self, retention: timedelta, limit: int) -> list[str]:
+        """Purges the location of up to `limit` rows whose retention has
+        passed; returns the player of each row purged (fewer than `limit`: no
+        more rows are due now, or the rest are held by another statement)."""
+        rows = await self._pool.fetch(
+            f"""WITH due AS ({PURGE_DUE})
+                UPDATE scan.scans AS s
+                SET lat = NULL, lon = NULL, accuracy_m = NULL, location_purged_at = now()
+                FROM due WHERE s.scan_id = due.scan_id
+                RETURNING s.player_id""",
+            retention,
+            limit,
+        )
+        return [r["player_id"] for r in rows]
 
     async def backlog(self) -> Backlog:
         row = await self._pool.fetchrow(
