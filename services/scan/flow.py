@@ -10,6 +10,11 @@ way whoever drives it. Idempotency has three layers:
   3. Postgres's unique (player_id, client_scan_id) decides when Redis lost it.
 Applying is a conditional update from 'received', and score's Unlock is
 idempotent by scan_id, so a scan driven twice is still applied once.
+
+Latency: a new scan's geo CheckIn runs while its row is being inserted (the
+check only reads the catalog and notes where the player is; nothing is
+unlocked before the row is durable), and the answer is written to Redis after
+SubmitScan has answered (losing it costs only a Postgres read for a retry).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from redis.exceptions import RedisError
 from libs import errors
 from libs.geometry import distance_m
 from libs.metrics import Metrics
-from services.geo.client import GeoClient, TagStatus
+from services.geo.client import CheckInResult, GeoClient, TagStatus
 from services.scan.cache import ScanCache
 from services.scan.model import (
     PLAUSIBLE,
@@ -109,6 +114,8 @@ class ScanFlow:
         self._tracer = tracer
         self._settings = settings
         self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+        #: Answers being written to Redis after their call returned.
+        self._remembering: set[asyncio.Task[None]] = set()
         self._outcomes = metrics.counter("scans_total", "Scans answered, by outcome.", ("outcome",))
         self._redis_errors = metrics.counter(
             "scan_redis_errors_total", "Scan Redis calls that failed (served from Postgres)."
@@ -162,18 +169,24 @@ class ScanFlow:
     async def _first(self, scan: ScanInput, last: Position | None, budget: Budget) -> Answer:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        inserted = await self._store.insert(
-            new_scan_id(),
-            scan,
-            timedelta(seconds=self._settings.lease_s),
-            carrier.get("traceparent", ""),
-        )
+        check = asyncio.ensure_future(self._check_in(scan, budget))
+        try:
+            inserted = await self._store.insert(
+                new_scan_id(),
+                scan,
+                timedelta(seconds=self._settings.lease_s),
+                carrier.get("traceparent", ""),
+            )
+        except BaseException:
+            _discard(check)
+            raise
         if inserted is None:  # an earlier copy is in Postgres; Redis had lost its answer
+            _discard(check)
             return await self._await_existing(scan, budget)
         record, previous = inserted
         if last is not None and last.at < scan.scanned_at:
             previous = last  # Redis knows a position the log did not show a moment ago
-        return await self.drive(record, budget, previous=previous, previous_known=True)
+        return await self.drive(record, budget, previous=previous, previous_known=True, check=check)
 
     async def _await_existing(self, scan: ScanInput, budget: Budget) -> Answer:
         """Another copy of this scan exists (or is being recorded): return its
@@ -220,12 +233,16 @@ class ScanFlow:
         budget: Budget,
         previous: Position | None = None,
         previous_known: bool = False,
+        check: asyncio.Future[CheckInResult] | None = None,
     ) -> Answer:
         """Decides and applies a recorded scan; leaves it 'received' for the
-        relay when geo or score cannot answer now."""
+        relay when geo or score cannot answer now. `check`: its CheckIn, when
+        the caller started it already."""
         scan = record.input
         try:
-            answer, hunt_ends_at = await self._decide(record, previous, previous_known, budget)
+            answer, hunt_ends_at = await self._decide(
+                record, previous, previous_known, budget, check
+            )
         except errors.ServiceError as exc:
             delay = min(
                 self._settings.max_backoff_s, 0.5 * 2 ** min(record.attempts, 10)
@@ -235,7 +252,7 @@ class ScanFlow:
             )
             await self._store.postpone(record.scan_id, timedelta(seconds=delay), str(exc))
             answer = Answer(scan_id=record.scan_id, status=Status.RECEIVED)
-            await self._remember(scan, answer, None)
+            self._remember(scan, answer, None)
             return answer
         final = (await self._store.apply(answer, hunt_ends_at)).answer
         position = None
@@ -243,31 +260,31 @@ class ScanFlow:
             position = Position(
                 lat=scan.lat, lon=scan.lon, accuracy_m=scan.accuracy_m, at=scan.scanned_at
             )
-        await self._remember(scan, final, position)
+        self._remember(scan, final, position)
         return final
 
-    async def _remember(self, scan: ScanInput, answer: Answer, position: Position | None) -> None:
+    def _remember(self, scan: ScanInput, answer: Answer, position: Position | None) -> None:
+        """Writes the answer (and the player's position) to Redis in the
+        background: the caller need not wait for it, and a copy that arrives
+        first finds the answer in Postgres."""
+        task = asyncio.ensure_future(self._finish(scan, answer, position))
+        self._remembering.add(task)
+        task.add_done_callback(self._remembering.discard)
+
+    async def _finish(self, scan: ScanInput, answer: Answer, position: Position | None) -> None:
         try:
             await self._cache.finish(scan.player_id, scan.client_scan_id, answer, position)
         except (RedisError, OSError) as exc:
             self._redis_errors.inc()
             log.warning("scan redis unavailable when storing the answer: %s", exc)
 
-    async def _decide(
-        self, record: ScanRecord, previous: Position | None, previous_known: bool, budget: Budget
-    ) -> tuple[Answer, datetime | None]:
-        """The answer, and the end of the scan's hunt when geo told it.
-        `previous`: the player's last plausible position, when the caller
-        knows it (`previous_known`); otherwise it is read from the log."""
-        scan = record.input
-        if record.location_purged_at is not None:
-            # Still 'received' when its retention passed (services.scan.purge):
-            # without its location it can no longer be checked in.
-            log.warning("scan %s lost its location before it was applied", record.scan_id)
-            return Answer(
-                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.HUNT_NOT_ACTIVE
-            ), None
-        check = await self._geo.check_in(
+    async def settle(self) -> None:
+        """Waits for the answers still being written to Redis (shutdown, tests)."""
+        while self._remembering:
+            await asyncio.gather(*self._remembering, return_exceptions=True)
+
+    async def _check_in(self, scan: ScanInput, budget: Budget) -> CheckInResult:
+        return await self._geo.check_in(
             hunt_id=scan.hunt_id,
             player_id=scan.player_id,
             tag_id=scan.tag_id,
@@ -277,6 +294,29 @@ class ScanFlow:
             at=scan.scanned_at,
             timeout_s=budget.timeout(self._settings.geo_timeout_s),
         )
+
+    async def _decide(
+        self,
+        record: ScanRecord,
+        previous: Position | None,
+        previous_known: bool,
+        budget: Budget,
+        check_started: asyncio.Future[CheckInResult] | None = None,
+    ) -> tuple[Answer, datetime | None]:
+        """The answer, and the end of the scan's hunt when geo told it.
+        `previous`: the player's last plausible position, when the caller
+        knows it (`previous_known`); otherwise it is read from the log."""
+        scan = record.input
+        if record.location_purged_at is not None:
+            # Still 'received' when its retention passed (services.scan.purge):
+            # without its location it can no longer be checked in.
+            log.warning("scan %s lost its location before it was applied", record.scan_id)
+            if check_started is not None:
+                _discard(check_started)
+            return Answer(
+                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.HUNT_NOT_ACTIVE
+            ), None
+        check = await (check_started or self._check_in(scan, budget))
 
         def answer(outcome: Outcome, **fields: object) -> Answer:
             return Answer(
@@ -330,3 +370,10 @@ class ScanFlow:
         self, player_id: str, hunt_id: str, before: str, limit: int
     ) -> list[ScanRecord]:
         return await self._store.list_player(player_id, hunt_id, before, limit)
+
+
+def _discard(task: asyncio.Future) -> None:
+    """Cancels a task whose result is no longer wanted, and retrieves its
+    exception so that none goes unreported on the loop."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
