@@ -1,11 +1,19 @@
-"""The one server interceptor every service runs behind OpenTelemetry's.
+"""The one layer every RPC of a service runs through.
 
-Per call it: checks the bearer token against the roles the method declares
-(UNAUTHENTICATED / PERMISSION_DENIED); turns `libs.errors` into canonical
-status codes with google.rpc details (ErrorInfo, BadRequest, RetryInfo);
-logs unexpected exceptions with the trace id and answers INTERNAL without
-leaking them; records latency by method and code; and returns the trace id
-in the `x-trace-id` trailer.
+Per call it: opens the server span (the caller's trace context continued from
+the metadata; `rpc.*` attributes and the status code as OpenTelemetry's gRPC
+instrumentation names them); checks the bearer token against the roles the
+method declares (UNAUTHENTICATED / PERMISSION_DENIED); turns `libs.errors`
+into canonical status codes with google.rpc details (ErrorInfo, BadRequest,
+RetryInfo); logs unexpected exceptions with the trace id and answers INTERNAL
+without leaking them; records latency by method and code; and returns the
+trace id in the `x-trace-id` trailer.
+
+It wraps each method handler once, when the service is added to the server
+(`ServiceHandlers.add_to_server`), rather than as server interceptors: a
+grpc.aio interceptor chain runs per call and cost about 0.25 ms of latency
+per hop here, twice (OpenTelemetry's and ours). Health and reflection are
+added unwrapped: open and untraced.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry import propagate, trace
 
 from libs import errors
 from libs.auth import AUTH_HEADER, Authenticator, Role
@@ -81,11 +90,26 @@ def status_of(exc: errors.ServiceError, domain: str) -> _Abort:
     return _Abort(code, exc.message, status.SerializeToString())
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Auth, error mapping, latency and trace-id trailer for one service.
+class _Captured:
+    """Stands in for the server in a generated `add_*_to_server` call, to
+    take the method handlers it registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, _handlers) -> None:
+        pass  # the same handlers come again, by name, below
+
+    def add_registered_method_handlers(self, _service: str, handlers) -> None:
+        self.handlers.update(handlers)
+
+
+class ServiceHandlers:
+    """Tracing, auth, error mapping, latency and the trace-id trailer for the
+    methods of one service.
 
     `roles` maps each full method name (`/pkg.Service/Method`) to the roles it
-    accepts. Methods not listed (health, reflection) are open.
+    accepts; every method of the service must be listed.
     """
 
     def __init__(
@@ -94,32 +118,32 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         roles: Mapping[str, frozenset[Role]],
         metrics: Metrics,
         domain: str,
+        tracer: trace.Tracer,
     ) -> None:
         self._auth = authenticator
         self._roles = roles
         self._metrics = metrics
         self._domain = domain
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._tracer = tracer
 
-    async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        roles = self._roles.get(method)
-        if handler is None or roles is None:
-            return handler
-        wrapped = self._wrap(method, handler, roles)
-        self._wrapped[method] = wrapped
-        return wrapped
+    def add_to_server(
+        self, add_servicer: Callable[[object, object], None], servicer: object, server
+    ) -> None:
+        """Registers `servicer` on `server` (through its generated `add_*`
+        function) with every method wrapped."""
+        captured = _Captured()
+        add_servicer(servicer, captured)
+        wrapped = {
+            name: self._wrap(f"/{self._domain}/{name}", handler)
+            for name, handler in captured.handlers.items()
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(self._domain, wrapped),)
+        )
+        server.add_registered_method_handlers(self._domain, wrapped)
 
-    def _check(self, context: grpc.aio.ServicerContext, roles: frozenset[Role]) -> None:
-        header = None
-        for key, value in context.invocation_metadata() or ():
-            if key == AUTH_HEADER:
-                header = value
-                break
+    def _check(self, metadata: Mapping[str, str], roles: frozenset[Role]) -> None:
+        header = metadata.get(AUTH_HEADER)
         if header is None:
             raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
         role = self._auth.role_of(header)
@@ -141,12 +165,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def _observe(self, method: str, started: float, context) -> None:
         """Latency of a call the servicer aborted itself, or that was cancelled."""
         code = context.code() if hasattr(context, "code") else None
-        name = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
-        self._metrics.rpc_latency.labels(method, name).observe(time.perf_counter() - started)
+        if not isinstance(code, grpc.StatusCode):
+            code = grpc.StatusCode.CANCELLED
+        self._metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
+        _record_status(code)
+
+    def _start_span(self, method: str, short: str, metadata: Mapping[str, str]):
+        return self._tracer.start_as_current_span(
+            method,
+            context=propagate.extract(metadata),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": self._domain, "rpc.method": short},
+        )
 
     async def _finish(self, context, method: str, started: float, abort: _Abort | None) -> None:
         code = abort.code if abort else grpc.StatusCode.OK
         self._metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
+        _record_status(code)
         trailer = [(TRACE_ID_TRAILER, current_trace_id())]
         if abort is None:
             context.set_trailing_metadata(trailer)
@@ -155,30 +190,31 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             trailer.append((_DETAILS_TRAILER, abort.details))
         await context.abort(abort.code, abort.message, trailing_metadata=tuple(trailer))
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler, roles: frozenset[Role]):
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler):
         short = method.rsplit("/", 1)[-1]
+        roles = self._roles[method]
         if handler.request_streaming:
-            raise TypeError(
-                f"{method}: client-streaming RPCs are not supported by ServiceInterceptor"
-            )
+            raise TypeError(f"{method}: client-streaming RPCs are not supported by ServiceHandlers")
 
         if not handler.response_streaming:
             behavior = handler.unary_unary
 
             async def unary(request, context):
                 started = time.perf_counter()
-                abort = None
-                response = None
-                try:
-                    self._check(context, roles)
-                    response = await behavior(request, context)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    self._observe(short, started, context)
-                    raise
-                except Exception as exc:  # mapped to a status below, never swallowed
-                    abort = self._to_abort(exc, method)
-                await self._finish(context, short, started, abort)
-                return response
+                metadata = dict(context.invocation_metadata() or ())
+                with self._start_span(method, short, metadata):
+                    abort = None
+                    response = None
+                    try:
+                        self._check(metadata, roles)
+                        response = await behavior(request, context)
+                    except (asyncio.CancelledError, grpc.aio.AbortError):
+                        self._observe(short, started, context)
+                        raise
+                    except Exception as exc:  # mapped to a status below, never swallowed
+                        abort = self._to_abort(exc, method)
+                    await self._finish(context, short, started, abort)
+                    return response
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -190,20 +226,31 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         async def stream(request, context):
             started = time.perf_counter()
-            abort = None
-            try:
-                self._check(context, roles)
-                async for item in stream_behavior(request, context):
-                    yield item
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                self._observe(short, started, context)
-                raise
-            except Exception as exc:  # mapped to a status below, never swallowed
-                abort = self._to_abort(exc, method)
-            await self._finish(context, short, started, abort)
+            metadata = dict(context.invocation_metadata() or ())
+            with self._start_span(method, short, metadata):
+                abort = None
+                try:
+                    self._check(metadata, roles)
+                    async for item in stream_behavior(request, context):
+                        yield item
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    self._observe(short, started, context)
+                    raise
+                except Exception as exc:  # mapped to a status below, never swallowed
+                    abort = self._to_abort(exc, method)
+                await self._finish(context, short, started, abort)
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _record_status(code: grpc.StatusCode) -> None:
+    """The status on the current (server) span, as OpenTelemetry's gRPC
+    instrumentation records it."""
+    span = trace.get_current_span()
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}"))

@@ -39,11 +39,11 @@ from redis.exceptions import RedisError
 
 from libs import pg, rediskit
 from libs.auth import Authenticator, Role
-from libs.channels import open_channel
+from libs.channels import PeerChannel, open_channel
 from libs.config import ConfigError, ServiceSettings
 from libs.logs import setup_logging
 from libs.metrics import Metrics
-from libs.rpc import ServiceInterceptor
+from libs.rpc import ServiceHandlers
 from libs.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,12 @@ class Runtime:
         self._probes.append(client.ping)
         if not self._memory_reported:  # the service's own Redis: the first one it opens
             self._memory_reported = True
-            used = self.metrics.gauge("redis_used_memory_bytes", "used_memory of this service's Redis (all masters).")
-            limit = self.metrics.gauge("redis_maxmemory_bytes", "maxmemory of this service's Redis (all masters).")
+            used = self.metrics.gauge(
+                "redis_used_memory_bytes", "used_memory of this service's Redis (all masters)."
+            )
+            limit = self.metrics.gauge(
+                "redis_maxmemory_bytes", "maxmemory of this service's Redis (all masters)."
+            )
             self.background("redis-memory", lambda: self._report_memory(client, used, limit))
         return client
 
@@ -158,9 +162,9 @@ class Runtime:
                 log.debug("redis memory not read: %s", exc)
             await asyncio.sleep(5.0)
 
-    def channel(self, target: str) -> grpc.aio.Channel:
+    def channel(self, target: str) -> PeerChannel:
         """A channel to a peer service, closed at shutdown after the server stops."""
-        channel = open_channel(target, self.settings, self.telemetry.client_interceptors())
+        channel = open_channel(target, self.settings, self.telemetry.tracer)
         self._resources.push_async_callback(channel.close)
         return channel
 
@@ -173,17 +177,14 @@ class Runtime:
     async def serve(self, binding: Binding) -> int:
         """Starts the gRPC server, waits for the dependencies, then SERVING."""
         settings = self.settings
-        interceptors = [
-            self.telemetry.server_interceptor(),
-            ServiceInterceptor(
-                Authenticator(settings.tokens),
-                binding.full_roles(),
-                self.metrics,
-                binding.descriptor.full_name,
-            ),
-        ]
+        handlers = ServiceHandlers(
+            Authenticator(settings.tokens),
+            binding.full_roles(),
+            self.metrics,
+            binding.descriptor.full_name,
+            self.telemetry.tracer,
+        )
         server = grpc.aio.server(
-            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -191,7 +192,7 @@ class Runtime:
                 ("grpc.max_concurrent_streams", 1000),
             ],
         )
-        binding.add_to_server(binding.servicer, server)
+        handlers.add_to_server(binding.add_to_server, binding.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._service_name = binding.descriptor.full_name
         reflection.enable_server_reflection(

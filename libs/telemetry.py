@@ -13,11 +13,6 @@ from urllib.parse import urlparse
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.instrumentation.grpc import (
-    aio_client_interceptors,
-    aio_server_interceptor,
-    filters,
-)
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,11 +20,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 log = logging.getLogger(__name__)
 
-_TRACED = filters.service_prefix("treasure.")
-
 
 class Telemetry:
-    """The tracer provider of a service and the interceptors built on it."""
+    """The tracer provider of a service and its tracer."""
 
     def __init__(
         self, service_name: str, otlp_endpoint: str = "", exporter: SpanExporter | None = None
@@ -43,15 +36,6 @@ class Telemetry:
             log.info("exporting spans", extra={"otlp_endpoint": otlp_endpoint or "custom"})
         self.tracer = self.provider.get_tracer(service_name)
         _instrument_libraries(self.provider)
-
-    def server_interceptor(self):
-        """Server spans for our own services; health checks and reflection are
-        not traced (they are noise, and the interceptor cannot wrap the
-        health servicer's streaming Watch)."""
-        return aio_server_interceptor(tracer_provider=self.provider, filter_=_TRACED)
-
-    def client_interceptors(self) -> list:
-        return list(aio_client_interceptors(tracer_provider=self.provider))
 
     def shutdown(self) -> None:
         """Flushes and stops export. Blocking: call it off the event loop."""
