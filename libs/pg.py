@@ -5,6 +5,11 @@ advisory unlock...): it costs about 30% throughput here and our code leaves
 no session state behind. Open transactions are still rolled back on release.
 A caller that takes a session-level advisory lock must release it itself.
 
+Failures: `unavailable_when_down` turns the failures that mean "Postgres is
+down, restarting or overloaded" (connection errors, admin shutdown,
+serialization and deadlock aborts) into `libs.errors.Unavailable`, so a
+caller answers UNAVAILABLE with a retry hint instead of INTERNAL.
+
 Migrations: each service owns one schema and a folder of ordered SQL files
 named `NNNN_description.sql`. `migrate()` applies the ones not yet recorded
 in `<schema>.schema_migrations`, each in its own transaction, under an
@@ -15,19 +20,82 @@ applied file whose content changed is an error, not silently skipped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import asyncpg
+
+from libs import errors
 
 log = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _MIGRATION = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+
+#: What a statement can raise when the server or the connection is in trouble.
+POSTGRES_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+#: SQLSTATEs that mean "try again": serialization failure, deadlock, lock not
+#: available, admin/crash shutdown, cannot connect now, too many connections.
+_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` means Postgres may answer if asked again shortly."""
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError)):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc).lower():
+        return True
+    if isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc):
+        # A pooled connection the server is terminating (a Postgres restart
+        # sends idle connections a FATAL error, then closes them): asyncpg
+        # refuses the next statement until the close arrives.
+        return True
+    return getattr(exc, "sqlstate", None) in _TRANSIENT_STATES
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def unavailable_when_down(
+    what: str,
+) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
+    """Decorates a store method: transient Postgres failures become
+    `errors.Unavailable` ("`what`: postgres is unavailable"); others pass."""
+
+    def decorate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+        @functools.wraps(method)
+        async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return await method(*args, **kwargs)
+            except POSTGRES_ERRORS as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("postgres unavailable: %s: %s", what, exc)
+                raise errors.Unavailable(
+                    f"{what}: postgres is unavailable",
+                    retry_after_s=0.5,
+                    reason="STORE_UNAVAILABLE",
+                ) from exc
+
+        return guarded
+
+    return decorate
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:

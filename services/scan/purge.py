@@ -32,10 +32,11 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 from redis.exceptions import RedisError
 
+from libs import errors
 from libs.metrics import Metrics
+from libs.pg import POSTGRES_ERRORS
 from services.scan.cache import ScanCache
 from services.scan.store import ScanStore
 
@@ -70,7 +71,7 @@ class LocationPurge:
         while True:
             try:
                 await self.run_once()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except (errors.Unavailable, *POSTGRES_ERRORS) as exc:
                 log.warning("location purge pass failed, next in %ss: %s", self._interval_s, exc)
             await asyncio.sleep(self._interval_s)
 

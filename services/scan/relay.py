@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from opentelemetry import propagate, trace
 
+from libs import errors
 from libs.metrics import Metrics
 from services.scan.flow import Budget, ScanFlow
 from services.scan.store import ScanStore
@@ -56,8 +57,12 @@ class ScanRelay:
 
     async def run(self) -> None:
         while True:
-            driven = await self.run_once()
-            await self._report()
+            try:
+                driven = await self.run_once()
+                await self._report()
+            except errors.Unavailable as exc:  # Postgres is down: the rows wait there
+                log.warning("scan relay paused: %s", exc)
+                driven = 0
             if driven < self._batch:
                 await asyncio.sleep(self._interval_s)
 

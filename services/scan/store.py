@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from libs.pg import unavailable_when_down
 from services.scan.model import PLAUSIBLE, Answer, Outcome, Position, ScanInput, ScanRecord, Status
 
 _COLUMNS = """scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon, accuracy_m, scanned_at,
@@ -91,6 +92,7 @@ class ScanStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    @unavailable_when_down("record the scan")
     async def insert(
         self, scan_id: str, scan: ScanInput, lease: timedelta, traceparent: str
     ) -> tuple[ScanRecord, Position | None] | None:
@@ -129,12 +131,14 @@ class ScanStore:
         previous = _position(row["p_lat"], row["p_lon"], row["p_acc"], row["p_at"])
         return _record(row), previous
 
+    @unavailable_when_down("read the scan")
     async def get(self, scan_id: str) -> ScanRecord | None:
         row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM scan.scans WHERE scan_id = $1", scan_id
         )
         return _record(row) if row is not None else None
 
+    @unavailable_when_down("read the scan")
     async def get_by_client_id(self, player_id: str, client_scan_id: str) -> ScanRecord | None:
         row = await self._pool.fetchrow(
             f"SELECT {_COLUMNS} FROM scan.scans WHERE player_id = $1 AND client_scan_id = $2",
@@ -143,6 +147,7 @@ class ScanStore:
         )
         return _record(row) if row is not None else None
 
+    @unavailable_when_down("apply the scan")
     async def apply(self, answer: Answer, hunt_ends_at: datetime | None = None) -> ScanRecord:
         """Marks the scan applied with `answer`, unless it was applied already:
         either way, returns the row as it stands (the first answer wins).
@@ -171,6 +176,7 @@ class ScanStore:
             )
         return _record(row)
 
+    @unavailable_when_down("postpone the scan")
     async def postpone(self, scan_id: str, delay: timedelta, error: str) -> None:
         """Leaves the scan 'received' for the relay, after `delay`."""
         await self._pool.execute(
@@ -181,6 +187,7 @@ class ScanStore:
             error[:500],
         )
 
+    @unavailable_when_down("claim the scan")
     async def claim(self, scan_id: str, lease: timedelta) -> ScanRecord | None:
         """Takes the lease of one received scan whose lease has passed."""
         row = await self._pool.fetchrow(
@@ -192,6 +199,7 @@ class ScanStore:
         )
         return _record(row) if row is not None else None
 
+    @unavailable_when_down("claim due scans")
     async def claim_due(self, limit: int, lease: timedelta) -> list[ScanRecord]:
         """Takes the leases of up to `limit` received scans that are due; rows
         another replica is claiming at the same moment are skipped."""
@@ -208,6 +216,7 @@ class ScanStore:
         )
         return sorted((_record(r) for r in rows), key=lambda r: r.scan_id)
 
+    @unavailable_when_down("read the previous position")
     async def previous_position(self, player_id: str, before_scan_id: str) -> Position | None:
         """Where the player's last plausible applied scan before this one was;
         None when there is none or its location was purged. (An older scan
@@ -225,6 +234,7 @@ class ScanStore:
             return None
         return _position(row["lat"], row["lon"], row["accuracy_m"], row["scanned_at"])
 
+    @unavailable_when_down("list the player's scans")
     async def list_player(
         self, player_id: str, hunt_id: str, before_scan_id: str, limit: int
     ) -> list[ScanRecord]:
@@ -240,6 +250,7 @@ class ScanStore:
         )
         return [_record(r) for r in rows]
 
+    @unavailable_when_down("purge locations")
     async def purge_locations(self, retention: timedelta, limit: int) -> list[str]:
         """Purges the location of up to `limit` rows whose retention has
         passed; returns the player of each row purged (fewer than `limit`: no
@@ -255,6 +266,7 @@ class ScanStore:
         )
         return [r["player_id"] for r in rows]
 
+    @unavailable_when_down("read the backlog")
     async def backlog(self) -> Backlog:
         row = await self._pool.fetchrow(
             """SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(received_at)), 0) AS age
