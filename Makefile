@@ -32,8 +32,11 @@ lint: venv ## buf lint (STANDARD) and ruff
 	$(VENV)/bin/buf lint protos
 	$(VENV)/bin/ruff check .
 
-test: deps lint ## the whole suite against real Postgres and Redis servers it starts
+test: deps lint ## the whole suite on standalone Redis, then integration + e2e on Redis Clusters
+	@echo "== make test: the whole suite, each service on a standalone Redis =="
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@echo "== make test: integration + e2e, each service on a 3-master Redis Cluster (TEST_REDIS=cluster) =="
+	TEST_REDIS=cluster $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/integration tests/e2e
 
 test-unit: venv ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit

@@ -125,6 +125,12 @@ class RedisServer:
             stop_pid(self.process.pid)
             self.process = None
 
+    def restart(self, timeout_s: float = 10.0) -> RedisServer:
+        """Stops the server and starts it again on the same port, from the same
+        config (no persistence: it comes back empty)."""
+        self.stop()
+        return self.start(timeout_s)
+
 
 @dataclass
 class RedisCluster:
@@ -142,11 +148,19 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self, timeout_s: float = 20.0) -> RedisCluster:
-        try:
-            return self._start(timeout_s)
-        except BaseException:
-            self.stop()  # no node left behind when the cluster cannot be made
-            raise
+        """Starts the nodes and makes the cluster. On free ports, a failure (a
+        port taken meanwhile by someone else) is tried once more on new ports."""
+        for attempt in (1, 2):
+            try:
+                return self._start(timeout_s)
+            except (InfraError, subprocess.SubprocessError):
+                self.stop()  # no node left behind when the cluster cannot be made
+                if self.ports or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _start(self, timeout_s: float) -> RedisCluster:
         ports = self.ports or [free_port() for _ in range(self.masters)]
@@ -162,23 +176,35 @@ class RedisCluster:
             )  # fmt: skip
             self.nodes.append(node.start())
         cli = find_binary("redis-cli", "install it with `apt-get install redis-tools`")
-        subprocess.run(
+        created = subprocess.run(
             [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s,
+            check=False, capture_output=True, text=True, timeout=timeout_s,
         )  # fmt: skip
+        if created.returncode != 0:
+            raise InfraError(f"redis-cli --cluster create {ports} failed: {created.stdout[-1000:]}")
+        return self.wait_ok(timeout_s)
+
+    def wait_ok(self, timeout_s: float = 20.0) -> RedisCluster:
+        """Returns once every master says the cluster is whole (cluster_state:ok):
+        after a start, or after its nodes were stopped and started again."""
+        cli = find_binary("redis-cli", "install it with `apt-get install redis-tools`")
         deadline = time.monotonic() + timeout_s
-        while True:
+        waiting = [node.port for node in self.nodes]
+        while waiting:
             out = subprocess.run(
-                [cli, "-p", str(ports[0]), "cluster", "info"],
+                [cli, "-p", str(waiting[0]), "cluster", "info"],
                 capture_output=True,
                 text=True,
                 timeout=5,
             ).stdout
             if "cluster_state:ok" in out:
-                return self
+                waiting.pop(0)
+                continue
             if time.monotonic() > deadline:
+                ports = [node.port for node in self.nodes]
                 raise InfraError(f"redis cluster on {ports} did not become ok: {out}")
             time.sleep(0.05)
+        return self
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -246,6 +272,11 @@ class PrivatePostgres:
             self._as_postgres([pg_ctl, "-D", str(self.datadir), "-m", "fast", "-w", "stop"]),
             check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+
+    def restart(self) -> PrivatePostgres:
+        """A fast shutdown (open connections are cut) and a start on the same port."""
+        self.stop()
+        return self.start()
 
 
 def find_postgres(

@@ -4,6 +4,28 @@
 `redis+cluster://host:port` (or `rediss+cluster://`) gives a Redis Cluster
 client that discovers the other nodes from that one.
 
+A cluster client fails the way a standalone one does: with a RedisError
+(ConnectionError when Redis cannot be reached), so a service's `except
+RedisError` covers both. redis-py 8.1's asyncio RedisCluster needs three
+things for that, each found under load on a real cluster:
+
+- it patches its slot table from each MOVED reply and never tears its
+  connections down because of one (`reinitialize_steps=0`). redis-py's default
+  (5) makes every fifth MOVED call `aclose()`, which disconnects the
+  connections other coroutines are using at that moment. Bursts of MOVED come
+  with every resharding or failover, and with the first commands of a client
+  that has not discovered the cluster yet (redis-py routes those to an
+  arbitrary node). Connection errors still refresh the whole topology.
+- a send on a connection that another coroutine closed meanwhile fails with
+  ConnectionError (`_SendGuard`). redis-py still closes connections in use
+  when a topology refresh fails (the cluster restarting) and closes idle ones
+  after a connection error while others can still take them; the send then
+  met a `None` writer ("'NoneType' object has no attribute 'writelines'") or,
+  under uvloop, a closed transport (RuntimeError). Neither is a RedisError:
+  they escaped every handler and redis-py's own retry.
+- a topology refresh that no node answers raises ClusterUnavailableError (a
+  ConnectionError), not RedisClusterException, which is no RedisError.
+
 The contract (DESIGN.md's Redis table) is what a service needs from its Redis:
 an eviction policy that fits its data, `maxmemory` set, and no persistence
 where it should have none. A service refuses to start on a Redis that breaks
@@ -14,11 +36,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.exceptions import RedisError
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 AnyRedis = Redis | RedisCluster
 
@@ -37,6 +63,57 @@ class RedisContract:
     persistence: bool = False
 
 
+class ClusterUnavailableError(RedisConnectionError):
+    """No node of the cluster could give its topology (all unreachable, or the
+    cluster not whole yet)."""
+
+
+class _SendGuard:
+    """A send on a connection closed under it fails with ConnectionError (see
+    the module doc), as a send on a socket the peer closed does."""
+
+    host: str
+    port: int
+    _writer: Any
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None:
+            raise RedisConnectionError(f"{self.host}:{self.port}: connection closed while in use")
+        try:
+            writer.writelines(command)
+        except RuntimeError as exc:  # uvloop: "unable to perform operation on <TCPTransport ...>"
+            raise RedisConnectionError(f"{self.host}:{self.port}: {exc}") from exc
+        await writer.drain()
+
+
+class _GuardedConnection(_SendGuard, Connection):
+    pass
+
+
+class _GuardedSSLConnection(_SendGuard, SSLConnection):
+    pass
+
+
+class _Cluster(RedisCluster):
+    """redis-py's RedisCluster with guarded connections and typed discovery errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # RedisCluster takes no connection class; nodes are made from these kwargs.
+        ssl = issubclass(self.connection_kwargs["connection_class"], SSLConnection)
+        guarded = _GuardedSSLConnection if ssl else _GuardedConnection
+        self.connection_kwargs["connection_class"] = guarded  # nodes discovered later
+        for node in self.startup_nodes:  # made already
+            node.connection_class = guarded
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailableError(str(exc)) from exc
+
+
 def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0] in CLUSTER_SCHEMES
 
@@ -50,8 +127,12 @@ def connect(url: str, *, max_connections: int = 64, socket_timeout: float = 1.0)
         socket_connect_timeout=socket_timeout,
     )
     if scheme in CLUSTER_SCHEMES:
-        return RedisCluster.from_url(
-            f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", max_connections=max_connections, **common
+        # max_connections is per master here (each has its own pool).
+        return _Cluster.from_url(
+            f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}",
+            max_connections=max_connections,
+            reinitialize_steps=0,
+            **common,
         )
     return Redis.from_url(url, max_connections=max_connections, health_check_interval=30, **common)
 

@@ -17,6 +17,8 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,29 @@ def _instrument_libraries(provider: TracerProvider) -> None:
     if _instrumented:
         return
     _instrumented = True
-    RedisInstrumentor().instrument(tracer_provider=provider)
+    RedisInstrumentor().instrument(
+        tracer_provider=provider,
+        request_hook=_redis_cluster_request,
+        response_hook=_redis_cluster_response,
+    )
     AsyncPGInstrumentor().instrument(tracer_provider=provider)
+
+
+def _redis_cluster_attributes(span: Span, client: object) -> None:
+    """The Redis instrumentation takes db.system and the peer from
+    `client.connection_pool`, which a RedisCluster (and its pipeline) does not
+    have; without this its spans would not say they are Redis spans. The peer
+    is left out: a command's node is chosen after the span starts."""
+    if span.is_recording() and isinstance(client, (RedisCluster, ClusterPipeline)):
+        span.set_attribute("db.system", "redis")
+
+
+def _redis_cluster_request(span: Span, client: object, _args: object, _kwargs: object) -> None:
+    _redis_cluster_attributes(span, client)  # commands (pipelines get no request hook)
+
+
+def _redis_cluster_response(span: Span, client: object, _response: object) -> None:
+    _redis_cluster_attributes(span, client)  # pipelines, and commands again (idempotent)
 
 
 def current_trace_id() -> str:

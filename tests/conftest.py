@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -98,11 +99,22 @@ def start_redis(service: str, workdir: Path) -> RedisServer | RedisCluster:
 @pytest.fixture(scope="session")
 def redis_servers() -> Iterator[dict[str, RedisServer | RedisCluster]]:
     """One Redis per service (or one Redis Cluster, see `cluster_mode`), from
-    services/<name>/redis.conf, on free ports."""
+    services/<name>/redis.conf, on free ports. Started side by side: a cluster
+    takes about 2 s to agree it is whole (its rejoin delay), whatever its size."""
     servers: dict[str, RedisServer | RedisCluster] = {}
     try:
-        for service in SERVICES:
-            servers[service] = start_redis(service, RUN_DIR / f"redis-{service}-{os.getpid()}")
+        with ThreadPoolExecutor(len(SERVICES)) as pool:
+            starting = {
+                service: pool.submit(
+                    start_redis, service, RUN_DIR / f"redis-{service}-{os.getpid()}"
+                )
+                for service in SERVICES
+            }
+        for service, future in starting.items():
+            if future.exception() is None:
+                servers[service] = future.result()
+        for future in starting.values():
+            future.result()  # the first failure, once whatever started will be stopped
         yield servers
     finally:
         for server in servers.values():

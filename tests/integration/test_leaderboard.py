@@ -8,8 +8,8 @@ import random
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
+from libs import rediskit
 from services.leaderboard import keys
 from services.leaderboard.rebuild import now_ms
 from tests.support.leaderboard import (
@@ -188,7 +188,7 @@ async def test_stored_scores_match_the_documented_encoding(lb, redis_urls):
         "over-max": (5_000_000, now + 1),  # sorts as MAX_TOTAL, answered exactly
     }
     await lb.submitter.submit_scores([update(HUNT, p, t, ms) for p, (t, ms) in cases.items()])
-    client = aioredis.Redis.from_url(redis_urls["leaderboard"], decode_responses=True)
+    client = rediskit.connect(redis_urls["leaderboard"])
     try:
         epoch = int(await client.hget(keys.meta(HUNT), "epoch"))
         for player, (total, reached) in cases.items():

@@ -13,11 +13,11 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from libs import errors
+from libs import errors, rediskit
 from libs.localinfra import RedisCluster, RedisServer, free_port
 from services.leaderboard import keys
 from services.leaderboard.rebuild import now_ms
-from tests.conftest import REPO, RUN_DIR
+from tests.conftest import REPO, RUN_DIR, flush
 from tests.support.leaderboard import (
     FakeScores,
     Stubs,
@@ -60,8 +60,8 @@ async def served(lb: Stubs, hunt: str) -> bool:
 
 
 async def leftovers(redis_url: str, hunt: str) -> list[str]:
-    """Rebuild keys (lock, temporary board) still in Redis."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    """Rebuild keys (lock, temporary board) still in Redis (on every master)."""
+    client = rediskit.connect(redis_url)
     try:
         found = [k async for k in client.scan_iter(match=f"lb:{{{hunt}}}:tmp*")]
         if await client.exists(keys.build_lock(hunt)):
@@ -94,11 +94,7 @@ async def test_after_flushall_the_rebuilt_board_equals_the_source(lb, scores, re
     await eventually(lambda: served(lb, HUNT), what="the first rebuild")
     assert rows(await whole_board(lb, HUNT)) == expected(source)
 
-    client = aioredis.Redis.from_url(redis_urls["leaderboard"])
-    try:
-        await client.flushall()
-    finally:
-        await client.aclose()
+    await flush(redis_urls["leaderboard"])
     err = await status_of(
         lb.stub.GetRank(pb.GetRankRequest(hunt_id=HUNT, player_id="pl-00001"), metadata=lb.client)
     )

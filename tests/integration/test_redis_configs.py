@@ -1,5 +1,6 @@
-"""Each service's pinned Redis config keeps DESIGN.md's contract, and each
-service refuses to start on a Redis that breaks it."""
+"""Each service's pinned Redis config keeps DESIGN.md's contract, on one Redis
+and on every master of a Redis Cluster, and each service refuses to start on
+a Redis that breaks it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 import pytest
 import redis.asyncio as aioredis
 
-from libs.localinfra import RedisServer, free_port
+from libs import rediskit
+from libs.localinfra import RedisCluster, RedisServer, free_port
 from services.geo.cache import CONTRACT as GEO
 from services.leaderboard.cache import CONTRACT as LEADERBOARD
 from services.scan.cache import CONTRACT as SCAN
@@ -44,6 +46,39 @@ async def test_config_file_keeps_the_contract(service, tmp_path):
     finally:
         await client.aclose()
         server.stop()
+
+
+@pytest.mark.parametrize("service", sorted(DESIGN_POLICY))
+async def test_the_suites_redis_keeps_the_contract_on_every_master(service, redis_urls):
+    """What the suite runs on (one Redis, or a cluster with TEST_REDIS=cluster)
+    passes the check each service runs at start-up, master by master."""
+    client = rediskit.connect(redis_urls[service])
+    try:
+        await rediskit.check_contract(client, CONTRACTS[service], f"{service.upper()}_REDIS_URL")
+    finally:
+        await client.aclose()
+
+
+async def test_the_contract_check_names_the_one_master_that_breaks_it(tmp_path):
+    cluster = RedisCluster(REPO / "services" / "geo" / "redis.conf", tmp_path / "cluster").start()
+    client = rediskit.connect(cluster.url)
+    try:
+        await rediskit.check_contract(client, GEO, "GEO_REDIS_URL")  # all three keep it
+        broken = cluster.nodes[-1]
+        node = aioredis.Redis(host="127.0.0.1", port=broken.port, decode_responses=True)
+        try:
+            await node.config_set("maxmemory-policy", "noeviction")
+        finally:
+            await node.aclose()
+        with pytest.raises(rediskit.ContractError) as raised:
+            await rediskit.check_contract(client, GEO, "GEO_REDIS_URL")
+        message = str(raised.value)
+        assert "GEO_REDIS_URL" in message
+        assert f"maxmemory-policy is 'noeviction' on 127.0.0.1:{broken.port}" in message
+        assert all(str(n.port) not in message for n in cluster.nodes[:-1])
+    finally:
+        await client.aclose()
+        cluster.stop()
 
 
 def test_service_refuses_a_redis_with_the_wrong_policy(tmp_path, pg_dsn):

@@ -16,11 +16,11 @@ import redis.asyncio as aioredis
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs import errors
+from libs import errors, rediskit
 from libs.localinfra import RedisServer, free_port
 from libs.telemetry import Telemetry
 from services.score import keys
-from tests.conftest import REPO
+from tests.conftest import REPO, flush
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.score import LeaderboardDouble, channel_to, score_client, score_service
 from treasure.score.v1 import score_pb2, score_pb2_grpc
@@ -173,7 +173,7 @@ async def test_1000_racing_hot_tier_writes_leave_the_newest(pg_dsn, redis_urls, 
         assert all(a.unlocked for a in answers)
         row = await db.fetchrow("SELECT total, found, version FROM score.player_scores")
         assert tuple(row) == (sum(i % 7 for i in range(1000)), 1000, 1000)
-        redis = aioredis.Redis.from_url(redis_urls["score"], decode_responses=True)
+        redis = rediskit.connect(redis_urls["score"])
         try:
             cached = await redis.hgetall(keys.player_score("h1", "p1"))
         finally:
@@ -187,9 +187,9 @@ async def test_1000_racing_hot_tier_writes_leave_the_newest(pg_dsn, redis_urls, 
 async def test_reads_survive_a_flushed_or_partly_evicted_redis(client, redis_urls):
     for i in range(3):
         await unlock(client, f"s{i}", cp=f"cp{i}", at=AT + timedelta(minutes=i))
-    redis = aioredis.Redis.from_url(redis_urls["score"], decode_responses=True)
+    redis = rediskit.connect(redis_urls["score"])
     try:
-        await redis.flushall()
+        await flush(redis_urls["score"])
         assert (await client.get_score("h1", "p1")).total_points == 45
         assert await redis.hget(keys.player_score("h1", "p1"), "t") == "45"  # refilled
         await redis.delete(keys.player_checkpoints("h1", "p1"))  # one key evicted
