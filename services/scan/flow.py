@@ -138,7 +138,7 @@ class ScanFlow:
                 # Shielded: a caller that hangs up does not stop a scan half way.
                 task = asyncio.ensure_future(self._admit_and_process(scan, budget))
                 self._inflight[key] = task
-                task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+                task.add_done_callback(lambda t, k=key: self._settled(k, t))
             answer = await asyncio.shield(task)
             span.set_attribute("scan.id", answer.scan_id)
             span.set_attribute(
@@ -146,6 +146,13 @@ class ScanFlow:
             )
             self._outcomes.labels(answer.outcome.value if answer.outcome else "pending").inc()
             return answer
+
+    def _settled(self, key: tuple[str, str], task: asyncio.Task[Answer]) -> None:
+        """A scan's task ended. Its callers may all have hung up: its error
+        was answered to whoever waited, and is not reported again."""
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()
 
     async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> Answer:
         try:
