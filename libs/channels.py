@@ -49,6 +49,12 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # A peer that was down is called again within a second of coming back:
+        # gRPC's default reconnect backoff grows to two minutes, and a
+        # leaderboard back after 30 s would wait for the next attempt.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", _SERVICE_CONFIG),
     ]
