@@ -1,7 +1,10 @@
-"""How other services call the leaderboard: `submit_scores` (score's outbox relay)."""
+"""How other services call the leaderboard: `submit_scores` (score's outbox relay),
+and whether the leaderboard is reachable (`connected`, `wait_connected`), so a
+caller backing off can try again the moment it is back."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +33,22 @@ class SubmitResult:
 
 class LeaderboardClient:
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
+        self._channel = channel
         self._stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
         self._timeout_s = timeout_s
+
+    def connected(self) -> bool:
+        """Whether the channel holds a connection to the leaderboard now."""
+        return self._channel.get_state() is grpc.ChannelConnectivity.READY
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Waits up to `timeout_s` for the channel to (re)connect; whether it did."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._channel.channel_ready()
+        except TimeoutError:
+            return False
+        return True
 
     async def submit_scores(
         self, updates: Sequence[ScoreUpdate], timeout_s: float | None = None

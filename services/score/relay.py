@@ -13,8 +13,11 @@ on them. No lease column: nothing to update, nothing to expire.
 A wake-up lingers a few milliseconds to fill a batch; without one the relay
 polls every `flush_s`, so rows of other processes (or from before a restart)
 go out within that. While the leaderboard is unavailable or pushes back, the
-relay backs off exponentially and the rows wait. The delivery span
-`score.outbox.deliver` links to the trace of every Unlock it carries.
+relay backs off exponentially and the rows wait; when it was unreachable, the
+relay tries again as soon as the channel reconnects, so a leaderboard that was
+down for a while is caught up at once, not after a backoff that grew meanwhile.
+The delivery span `score.outbox.deliver` links to the trace of every Unlock it
+carries.
 """
 
 from __future__ import annotations
@@ -174,7 +177,12 @@ class OutboxRelay:
         self._failures.labels(reason).inc()
         delay = self._backoff.next()
         self._warn("outbox delivery failed (%s); retrying in %.2fs", exc, delay)
-        await asyncio.sleep(delay)
+        if self._leaderboard.connected():
+            await asyncio.sleep(delay)  # it answered: it pushes back, give it the delay
+        elif await self._leaderboard.wait_connected(delay):
+            # It was unreachable and is back: deliver now, not after a backoff
+            # that grew while it was down (up to backoff_max_s late).
+            self._backoff.reset()
 
     async def drain_once(self) -> int:
         """Claims, sends and acknowledges one batch; returns the rows it took.

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from libs import errors
+from libs import errors, pg
 from services.score.model import (
     ZERO,
     OutboxRow,
@@ -69,29 +69,18 @@ SELECT count(*) AS depth,
                                               ORDER BY id LIMIT 1)), 0)::float8 AS age
   FROM score.outbox"""
 
-#: SQLSTATEs that mean "try again": connection trouble, serialization, deadlock.
-_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"}
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError)):
-        return True
-    if isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc).lower():
-        return True
-    return getattr(exc, "sqlstate", None) in _TRANSIENT_STATES
-
 
 @contextlib.contextmanager
 def _mapped(what: str):
     """Transient Postgres failures become `Unavailable` (the caller may retry)."""
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except pg.POSTGRES_ERRORS as exc:
         if getattr(exc, "sqlstate", None) == "SC001":
             raise errors.FailedPrecondition(
                 "scan_id was already used to unlock another checkpoint", reason="SCAN_ID_REUSED"
             ) from exc
-        if _is_transient(exc):
+        if pg.is_transient(exc):
             log.warning("postgres unavailable during %s: %s", what, exc)
             raise errors.Unavailable(
                 f"scores are unavailable: {what}", retry_after_s=0.5, reason="STORE_UNAVAILABLE"

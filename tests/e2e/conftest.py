@@ -1,4 +1,5 @@
-"""End-to-end fixtures: the whole stack as real processes, per test module."""
+"""End-to-end fixtures: the whole stack as real processes, per test module;
+the `faults` marker, and the fault suite's table at the end of the session."""
 
 from __future__ import annotations
 
@@ -10,7 +11,21 @@ import asyncpg
 import pytest
 
 from tests.conftest import RUN_DIR, dsn_for
+from tests.support import faults
 from tests.support.stack import Stack
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "faults: the fault suite (tests/e2e/test_faults.py); `-m faults` selects it"
+    )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault suite's table (also in .run/test/faults.md), when it ran."""
+    if faults.TABLE:
+        terminalreporter.section("fault suite")
+        terminalreporter.write(faults.render(faults.TABLE))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,376 @@
+"""The fault suite (issue 9): real processes, a steady load of scans from the
+test (tests/support/faults.py), one fault at a time, healed by the test; then
+no acknowledged scan is lost, none is awarded twice, every scan came out
+UNLOCKED, the invariant checker (tools/verify.py) passes, the leaderboard and
+score's GetScore equal score's totals in Postgres, the leaderboard within 5 s
+of the heal, and no service needed a restart: every process but the one the
+fault replaced keeps its pid and is SERVING, and a Redis that came back empty
+is written again.
+
+One stack serves the module (a fresh hunt per fault); the Postgres restart
+gets a stack on a Postgres cluster of its own, so no server the suite did not
+start is ever restarted. Filling a Redis lowers its maxmemory to 16 MB first
+(CONFIG SET; the configs say 256mb, restored afterwards) so the fill takes
+well under a second, and junk keeps coming while the load goes on, so the
+Redis stays full. Per fault a row goes to the table printed at the end of the
+session and written to .run/test/faults.md. Select with `-m faults`.
+
+The stack runs with the settings of the other e2e tests (a scan relay interval
+of 0.2 s, a lease of 3 s, a rate limit the load cannot reach); everything else,
+the outbox relay's backoff included, is the services' default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from libs.localinfra import PrivatePostgres, free_port
+from tests.conftest import RUN_DIR, dsn_for
+from tests.support import faults
+from tests.support.faults import ScanLoad, account, board_converged, wait_drained
+from tests.support.hunts import create_hunt, spots
+from tests.support.stack import CLIENT, Stack
+from tools.verify import verify
+
+# Every wait below is bounded; the sum of the bounds stays under this, so a
+# broken promise fails with its message, not with a timeout.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
+RUN_TIMEOUT_S = 240.0
+
+STACK_ENV = {
+    "SCAN_RATE_LIMIT": "1000",
+    "SCAN_RELAY_INTERVAL_S": "0.2",
+    "SCAN_LEASE_S": "3",
+}
+RATE = 40.0  # scans per second, offered
+WARMUP_S = 1.0  # load before the fault
+AFTER_S = 1.0  # load after the heal
+DOWN_S = 1.0  # how long a killed service, a stopped Redis or Postgres stays down
+LEADERBOARD_DOWN_S = 30.0
+CONVERGE_S = 5.0  # the promise: the board equals Postgres this soon after the heal
+FILL_MAXMEMORY = 16 * 1024 * 1024  # CONFIG SET for the fill (the configs say 256mb)
+TABLE_PATH = RUN_DIR / "faults.md"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault and its heal: `inject` returns once the fault has healed, with
+    notes for the table. `restarts`: the service whose process the fault
+    replaces (its pid changes; every other pid must not). `shows`: how the
+    clients must have felt it ("retried": calls failed and were sent again;
+    "deferred": scans acknowledged as recorded, applied later), proof that the
+    fault hit the load. `empties`: the Redis the fault emptied, which the
+    service must be writing again afterwards (it reconnected by itself)."""
+
+    id: str
+    name: str
+    inject: Callable[[Stack], Awaitable[dict]]
+    seconds: float = DOWN_S + 3.0  # how long the fault lasts, about (to size the load)
+    restarts: str | None = None
+    shows: str | None = None
+    empties: str | None = None
+    #: The Redis the fault fills to maxmemory (and keeps full while the load goes on).
+    fills: str | None = None
+
+
+def kill_service(name: str) -> Fault:
+    async def inject(stack: Stack) -> dict:
+        stack.kill(name)  # SIGKILL, mid-flight
+        await asyncio.sleep(DOWN_S)
+        await stack.restart(name)  # what a supervisor (systemd, k8s) does
+        return {}
+
+    # A dead scan fails the client's calls; a dead geo or score leaves scans
+    # recorded and deferred; a dead leaderboard only delays the board.
+    shows = {"scan": "retried", "score": "deferred", "geo": "deferred"}.get(name)
+    return Fault(f"kill-{name}", f"kill -9 {name}, restart", inject, restarts=name, shows=shows)
+
+
+def restart_redis(name: str) -> Fault:
+    async def inject(stack: Stack) -> dict:
+        await stack.stop_redis(name)
+        await asyncio.sleep(DOWN_S)
+        await stack.start_redis(name)  # same port, same config, empty
+        return {}
+
+    return Fault(
+        f"redis-restart-{name}",
+        f"{name} Redis stopped {DOWN_S:g} s, restarted",
+        inject,
+        empties=name,
+    )
+
+
+def flush_redis(name: str) -> Fault:
+    async def inject(stack: Stack) -> dict:
+        await stack.flushall(name)
+        return {}
+
+    return Fault(f"flushall-{name}", f"{name} Redis FLUSHALL", inject, seconds=1.0, empties=name)
+
+
+def fill_redis(name: str) -> Fault:
+    async def inject(stack: Stack) -> dict:
+        return {"fill": await stack.fill_redis(name, maxmemory=FILL_MAXMEMORY)}
+
+    return Fault(
+        f"fill-{name}", f"{name} Redis filled to maxmemory (LRU)", inject, seconds=2.0, fills=name
+    )
+
+
+def leaderboard_down() -> Fault:
+    async def inject(stack: Stack) -> dict:
+        await stack.stop_service("leaderboard")
+        await asyncio.sleep(LEADERBOARD_DOWN_S)
+        await stack.restart("leaderboard")
+        return {}
+
+    return Fault(
+        "leaderboard-down",
+        f"leaderboard down {LEADERBOARD_DOWN_S:g} s",
+        inject,
+        seconds=LEADERBOARD_DOWN_S + 3.0,
+        restarts="leaderboard",
+    )
+
+
+SERVICES = ("scan", "score", "leaderboard", "geo")
+FAULTS = [
+    *(kill_service(name) for name in SERVICES),
+    *(restart_redis(name) for name in SERVICES),
+    *(flush_redis(name) for name in SERVICES),
+    *(fill_redis(name) for name in ("score", "geo")),
+    leaderboard_down(),
+]
+
+
+async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> list[str]:
+    """Load, fault, heal, stop the load, drain, account, check; adds the
+    fault's row to the table and returns every broken promise (none: ok)."""
+    hunt_id = f"faults-{uuid.uuid4().hex[:8]}"
+    players, checkpoints = faults.plan(RATE, WARMUP_S + fault.seconds + AFTER_S)
+    cps = spots(hunt_id, checkpoints, spacing_m=faults.SPACING_M)
+    await create_hunt(stack.geo(), hunt_id, cps)
+    player_ids = [f"p{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(players)]
+    assert not stack.exited(), f"a service had died before the fault: {stack.exited()}"
+    pids_before = stack.pids()
+    log_offsets = {name: len(stack.log(name)) for name in SERVICES}
+
+    phases: dict[str, float] = {}  # seconds each step took, for a failure report
+    clock = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases[name] = round(now - clock, 2)
+        clock = now
+
+    load = ScanLoad(stack.addr("scan"), hunt_id, cps, player_ids, rate=RATE).start()
+    await asyncio.sleep(WARMUP_S)
+    pressure: asyncio.Task[None] | None = None
+    release = asyncio.Event()
+    phase("warmup")
+    try:
+        notes = await fault.inject(stack)
+        healed_at, healed_wall = time.monotonic(), time.time()
+        phase("fault")
+        if fault.fills:  # a full Redis stays full while the load goes on
+            filled = await stack.redis_stats(fault.fills)
+            pressure = asyncio.create_task(stack.press_redis(fault.fills, release))
+        await asyncio.sleep(AFTER_S)
+    finally:
+        await load.stop()
+        release.set()
+        if pressure is not None:
+            await pressure
+    phase("load")
+
+    drained, received_left, outbox_left = await wait_drained(db, hunt_id, timeout_s=30)
+    phase("drain")
+    board = stack.channel("leaderboard")
+    convergence = await board_converged(board, db, hunt_id, timeout_s=15)
+    phase("converge")
+    converge_s = None if convergence.at is None else convergence.at - healed_at
+    last_applied = await db.fetchval(
+        "SELECT extract(epoch FROM max(applied_at)) FROM scan.scans WHERE hunt_id = $1", hunt_id
+    )
+    drain_s = float(last_applied) - healed_wall if drained and last_applied else None
+    accounting = await account(db, hunt_id, load)
+    wrong_scores = await faults.scores_disagree(
+        stack.channel("score"), hunt_id, await faults.truth(db, hunt_id)
+    )
+    report = await verify(hunt_id, dsn, dsn, board, CLIENT)
+    phase("account")
+
+    problems: list[str] = []
+    if load.sent < RATE * (WARMUP_S + AFTER_S) * 0.8:
+        problems.append(f"the load did not run: {load.sent} scans sent")
+    if not drained:
+        problems.append(
+            f"not drained within 30 s: {received_left} scans received, {outbox_left} outbox rows"
+        )
+    if load.failed:
+        problems.append(f"scans that ended unacknowledged: {dict(load.failed)}")
+    if accounting.lost:
+        problems.append(f"lost: {accounting.lost[:5]}")
+    if accounting.double:
+        problems.append(f"double-awarded: {accounting.double[:5]}")
+    problems += accounting.problems[:5]
+    if set(accounting.outcomes) - {"unlocked"}:
+        problems.append(f"scans applied but not UNLOCKED: {dict(accounting.outcomes)}")
+    if wrong_scores:
+        problems.append(f"GetScore differs from Postgres: {wrong_scores[:5]}")
+    if not report.ok:
+        problems.append(f"invariant checker: {report.problems[:5]}")
+    if converge_s is None or converge_s > CONVERGE_S:
+        problems.append(
+            f"leaderboard did not equal Postgres within {CONVERGE_S:g} s of the heal "
+            f"(converged after {converge_s}; {convergence.last_difference})"
+        )
+    if fault.shows == "retried" and not load.retried:
+        problems.append("the fault hit no call: no scan was retried")
+    if fault.shows == "deferred" and not load.deferred:
+        problems.append("the fault hit no scan in flight: none was deferred")
+    exited = stack.exited()
+    replaced = {n for n, pid in stack.pids().items() if pid != pids_before[n]}
+    if exited:
+        problems.append(f"service processes ended: {exited}")
+    if replaced - {fault.restarts}:
+        problems.append(f"services restarted: {sorted(replaced - {fault.restarts})}")
+    health = await stack.health()
+    if set(health.values()) != {"SERVING"}:
+        problems.append(f"health after the fault: {health}")
+    if fault.empties and not (await stack.redis_stats(fault.empties))["keys"]:
+        problems.append(f"{fault.empties} wrote nothing to its Redis after it came back empty")
+    if fault.fills:
+        problems += await _check_fill(stack, fault.fills, notes["fill"], filled)
+
+    row = faults.FaultRow(
+        fault=fault.name,
+        sent=load.sent,
+        acknowledged=len(load.acknowledged),
+        deferred=load.deferred,
+        retried=load.retried,
+        failed=", ".join(f"{k} {v}" for k, v in sorted(load.failed.items())),
+        applied=accounting.applied,
+        unlocked=accounting.outcomes["unlocked"],
+        lost=len(accounting.lost),
+        double=len(accounting.double),
+        converge_s=converge_s,
+        drain_s=drain_s,
+        verdict="ok" if not problems else "FAILED",
+    )
+    faults.TABLE.append(row)
+    faults.write_table(TABLE_PATH)
+    print(
+        f"\n{fault.name}: {row}; errors seen {dict(load.errors_seen)}; {notes}; took {phases}",
+        flush=True,
+    )
+    if problems:  # for whoever reads the failure: the slowest scans, what the services logged
+        print("slowest scans:", *load.slowest(healed_at), sep="\n  ")
+        for name in SERVICES:
+            errors = _logged_errors(stack.log(name)[log_offsets[name] :])
+            if errors:
+                print(f"{name} logged since the fault:", *errors.most_common(8), sep="\n  ")
+    return problems
+
+
+async def _check_fill(stack: Stack, name: str, fill, filled: dict) -> list[str]:
+    """The Redis filled up and evicted rather than refused writes (allkeys-lru),
+    kept evicting while the service worked on it, and the service never met an
+    out-of-memory error."""
+    problems = []
+    after = await stack.redis_stats(name)
+    if fill.used_memory < 0.9 * fill.maxmemory or not fill.evicted_keys:
+        problems.append(f"the {name} Redis was not filled to maxmemory: {fill}")
+    if after["evicted_keys"] <= filled["evicted_keys"]:
+        problems.append(f"the {name} Redis stopped evicting after the fill: {after}")
+    if "OOM" in stack.log(name):
+        problems.append(f"{name} met an OOM error instead of an eviction")
+    return problems
+
+
+def _logged_errors(text: str) -> Counter[str]:
+    """ERROR lines and logged exceptions of a service's JSON log, by message
+    and the exception's last line."""
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") == "ERROR" or entry.get("exc"):
+            last = entry.get("exc", "").strip().splitlines()[-1:] or [""]
+            found[f"{entry.get('logger')}: {entry.get('msg')} | {last[0][:200]}"] += 1
+    return found
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.id)
+async def test_fault(fault: Fault, stack: Stack, db: asyncpg.Pool, stack_dsn: str):
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):  # a hang fails with where it hung
+            problems = await run_fault(stack, db, stack_dsn, fault)
+    finally:
+        if fault.fills:
+            await stack.restore_maxmemory(fault.fills)
+    assert not problems, problems
+
+
+# -- a Postgres restart, on a Postgres of the test's own ----------------------------
+
+
+@pytest.fixture(scope="module")
+async def private_stack() -> AsyncIterator[tuple[Stack, PrivatePostgres, str]]:
+    """A Postgres cluster of our own (so restarting it touches nobody else's)
+    and a whole stack on it."""
+    root = RUN_DIR / f"pg-faults-{os.getpid()}"
+    postgres = PrivatePostgres(root / "data", free_port())
+    await asyncio.to_thread(postgres.start)
+    stack: Stack | None = None
+    try:
+        connection = await asyncpg.connect(postgres.dsn)
+        try:
+            await connection.execute('CREATE DATABASE "faults"')
+        finally:
+            await connection.close()
+        dsn = dsn_for(postgres.dsn, "faults")
+        stack = Stack(root / "stack", dsn, **STACK_ENV)
+        await stack.start()
+        yield stack, postgres, dsn
+    finally:
+        if stack is not None:
+            await stack.stop()
+        await asyncio.to_thread(postgres.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_postgres_restart(private_stack):
+    stack, postgres, dsn = private_stack
+
+    async def inject(stack: Stack) -> dict:
+        await asyncio.to_thread(postgres.stop)  # fast shutdown: every connection is cut
+        await asyncio.sleep(DOWN_S)
+        await asyncio.to_thread(postgres.start)
+        return {}
+
+    fault = Fault(
+        "postgres-restart", f"Postgres restarted (down {DOWN_S:g} s)", inject, shows="retried"
+    )
+    db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            problems = await run_fault(stack, db, dsn, fault)
+    finally:
+        await db.close()
+    assert not problems, problems
