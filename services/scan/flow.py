@@ -171,7 +171,13 @@ class ScanFlow:
             if admission.answer is not None and admission.answer.status is Status.APPLIED:
                 return admission.answer
             return await self._await_existing(scan, budget)
-        return await self._first(scan, admission.last, budget)
+        try:
+            return await self._first(scan, admission.last, budget)
+        except errors.Unavailable:
+            # This copy gives up (the scan log is unreachable): drop its pending
+            # mark, or the client's retry would wait for it until the mark expires.
+            await self._finish(scan, None, None)
+            raise
 
     async def _first(self, scan: ScanInput, last: Position | None, budget: Budget) -> Answer:
         carrier: dict[str, str] = {}
@@ -278,7 +284,9 @@ class ScanFlow:
         self._remembering.add(task)
         task.add_done_callback(self._remembering.discard)
 
-    async def _finish(self, scan: ScanInput, answer: Answer, position: Position | None) -> None:
+    async def _finish(
+        self, scan: ScanInput, answer: Answer | None, position: Position | None
+    ) -> None:
         try:
             await self._cache.finish(scan.player_id, scan.client_scan_id, answer, position)
         except (RedisError, OSError) as exc:
