@@ -14,6 +14,7 @@ import asyncpg
 
 from libs import errors
 from libs.metrics import Metrics
+from libs.pg import unavailable_when_down
 from services.geo.model import (
     Checkpoint,
     CheckpointInput,
@@ -202,7 +203,8 @@ def _window_error(exc: asyncpg.CheckViolationError) -> errors.ServiceError:
 
 
 class GeoStore:
-    """Postgres access of the geo service; returns `services.geo.model` values."""
+    """Postgres access of the geo service; returns `services.geo.model` values.
+    Postgres being down or restarting is `errors.Unavailable` (libs.pg)."""
 
     def __init__(self, pool: asyncpg.Pool, metrics: Metrics, *, timeout_s: float) -> None:
         self._pool = pool
@@ -221,6 +223,7 @@ class GeoStore:
 
     # -- hunts --------------------------------------------------------------
 
+    @unavailable_when_down("create the hunt")
     async def create_hunt(self, hunt: NewHunt) -> Hunt:
         self._count["create_hunt"].inc()
         g = hunt.grid
@@ -237,6 +240,7 @@ class GeoStore:
             raise _window_error(exc) from None
         return _hunt(row)
 
+    @unavailable_when_down("update the hunt")
     async def update_hunt(self, hunt_id: str, changes: HuntChanges) -> Hunt:
         self._count["update_hunt"].inc()
         g = changes.grid
@@ -255,11 +259,13 @@ class GeoStore:
             raise errors.NotFound(f"hunt {hunt_id} not found")
         return _hunt(row)
 
+    @unavailable_when_down("read the hunt")
     async def get_hunt(self, hunt_id: str) -> Hunt | None:
         self._count["get_hunt"].inc()
         row = await self._pool.fetchrow(_GET_HUNT, hunt_id, timeout=self._timeout)
         return _hunt(row) if row is not None else None
 
+    @unavailable_when_down("list hunts")
     async def list_hunts(self, after: str, limit: int) -> list[Hunt]:
         self._count["list_hunts"].inc()
         rows = await self._pool.fetch(_LIST_HUNTS, after, limit, timeout=self._timeout)
@@ -267,6 +273,7 @@ class GeoStore:
 
     # -- checkpoints --------------------------------------------------------
 
+    @unavailable_when_down("write the checkpoint")
     async def upsert_checkpoint(self, cp: CheckpointInput) -> tuple[Checkpoint, bool, str | None]:
         """The stored checkpoint, whether it is new, and its previous tag id."""
         self._count["upsert_checkpoint"].inc()
@@ -285,6 +292,7 @@ class GeoStore:
             raise errors.NotFound(f"hunt {cp.hunt_id} not found")
         return _checkpoint(row), row["created"], row["old_tag_id"]
 
+    @unavailable_when_down("deactivate the checkpoint")
     async def deactivate_checkpoint(self, hunt_id: str, checkpoint_id: str) -> Checkpoint:
         self._count["deactivate_checkpoint"].inc()
         row = await self._pool.fetchrow(
@@ -294,6 +302,7 @@ class GeoStore:
             raise errors.NotFound(f"checkpoint {checkpoint_id} of hunt {hunt_id} not found")
         return _checkpoint(row)
 
+    @unavailable_when_down("list checkpoints")
     async def list_checkpoints(
         self, hunt_id: str, *, include_inactive: bool, after: str, limit: int
     ) -> list[Checkpoint]:
@@ -305,6 +314,7 @@ class GeoStore:
             raise errors.NotFound(f"hunt {hunt_id} not found")
         return [_checkpoint(r) for r in rows if r["checkpoint_id"] is not None]
 
+    @unavailable_when_down("resolve the tag")
     async def tag(self, tag_id: str) -> tuple[Checkpoint | None, Hunt | None]:
         """The checkpoint of a tag (active or not) and its hunt, in one read."""
         self._count["tag"].inc()
@@ -313,6 +323,7 @@ class GeoStore:
             return None, None
         return _checkpoint(row), _hunt(row)
 
+    @unavailable_when_down("read the hunt's checkpoints")
     async def active_checkpoints(self, hunt_id: str) -> CheckpointSet | None:
         """The active checkpoints of a hunt and their set's version; None: no such hunt."""
         self._count["active_checkpoints"].inc()
@@ -326,6 +337,7 @@ class GeoStore:
 
     # -- tiles --------------------------------------------------------------
 
+    @unavailable_when_down("write the tile")
     async def put_tile(
         self, hunt_id: str, x: int, y: int, data: bytes, version: int, content_type: str
     ) -> int:
@@ -343,6 +355,7 @@ class GeoStore:
             )
         return stored
 
+    @unavailable_when_down("read the tile")
     async def get_tile(self, hunt_id: str, x: int, y: int) -> TileRead:
         """The tile as the view shows it, with the view's refresh time."""
         self._count["get_tile"].inc()
@@ -352,10 +365,12 @@ class GeoStore:
             tile = Tile(row["version"], row["content_type"], row["data"])
         return TileRead(tile, row["refreshed_at"])
 
+    @unavailable_when_down("read the tile view age")
     async def last_refresh(self) -> datetime:
         self._count["last_refresh"].inc()
         return await self._pool.fetchval(_LAST_REFRESH, timeout=self._timeout)
 
+    @unavailable_when_down("refresh the tile view")
     async def refresh_tiles(self, timeout_s: float) -> TileRefresh:
         """REFRESH ... CONCURRENTLY under a session advisory lock held on one
         connection, so replicas never refresh at once; refreshed=False when
