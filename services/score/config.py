@@ -31,7 +31,7 @@ class ScoreConfig:
     #: how long a wake-up lingers to fill a batch, the send deadline and backoff.
     relay_batch: int = 500
     relay_flush_s: float = 0.1
-    relay_linger_s: float = 0.005
+    relay_linger_s: float = 0.025
     relay_send_timeout_s: float = 2.0
     relay_backoff_min_s: float = 0.05
     relay_backoff_max_s: float = 5.0
@@ -62,7 +62,7 @@ class ScoreConfig:
             hot_tier_breaker_s=env.float("SCORE_HOT_TIER_BREAKER_S", 1.0, min=0, max=600),
             relay_batch=env.int("SCORE_RELAY_BATCH", 500, min=1, max=1000),
             relay_flush_s=env.float("SCORE_RELAY_FLUSH_MS", 100.0, min=1, max=60_000) / 1000,
-            relay_linger_s=env.float("SCORE_RELAY_LINGER_MS", 5.0, min=0, max=60_000) / 1000,
+            relay_linger_s=env.float("SCORE_RELAY_LINGER_MS", 25.0, min=0, max=60_000) / 1000,
             relay_send_timeout_s=env.float("SCORE_RELAY_SEND_TIMEOUT_S", 2.0, min=0.01, max=600),
             relay_backoff_min_s=env.float("SCORE_RELAY_BACKOFF_MIN_S", 0.05, min=0.001, max=600),
             relay_backoff_max_s=env.float("SCORE_RELAY_BACKOFF_MAX_S", 5.0, min=0.001, max=3600),
