@@ -2,7 +2,8 @@
 
 Imports the Lisbon hunt (demo/lisbon.yaml) and lets simulated players walk
 between its checkpoints at walking speed with GPS noise, scanning tags —
-sometimes cheating (teleporting), scanning twice, or scanning out of range —
+sometimes cheating (teleporting), scanning twice, scanning out of range, a
+stray tag, or a tag of last month's ended hunt (demo/lisbon-warmup.yaml) —
 for a set time. The terminal shows the live top 10 (from WatchTop), counts of
 each outcome and latency percentiles; it ends with a summary. Ctrl-C stops it
 cleanly.
@@ -39,6 +40,8 @@ from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 HUNT_FILE = REPO / "demo" / "lisbon.yaml"
+#: An ended hunt: a stale app scanning its tag gets HUNT_NOT_ACTIVE.
+ENDED_HUNT_FILE = REPO / "demo" / "lisbon-warmup.yaml"
 WALK_MPS = 1.4
 OUTCOME_NAMES = {
     v: k.removeprefix("SCAN_OUTCOME_").lower() for k, v in scan_pb2.ScanOutcome.items()
@@ -64,11 +67,16 @@ def jitter(lat: float, lon: float, metres: float, rng: random.Random) -> tuple[f
 
 class Festival:
     def __init__(
-        self, args: argparse.Namespace, checkpoints: list[Checkpoint], hunt_id: str
+        self,
+        args: argparse.Namespace,
+        checkpoints: list[Checkpoint],
+        hunt_id: str,
+        ended: tuple[str, Checkpoint] | None = None,
     ) -> None:
         self.args = args
         self.checkpoints = checkpoints
         self.hunt_id = hunt_id
+        self.ended = ended
         self.metadata = bearer_metadata(args.client_token)
         self.recorder = Recorder()
         self.errors: dict[str, int] = {}
@@ -94,13 +102,15 @@ class Festival:
         for target in route:
             if self.stop.is_set():
                 return
-            walk_s = distance_m(*position, target.lat, target.lon) / WALK_MPS
-            if await self._sleep(walk_s / self.speedup):
-                return
             roll = rng.random()
+            if roll >= 0.04:  # walk there (a teleporter does not)
+                walk_s = distance_m(*position, target.lat, target.lon) / WALK_MPS
+                if await self._sleep(walk_s / self.speedup):
+                    return
             where = jitter(target.lat, target.lon, 6, rng)
             tag = target.tag_id
-            if roll < 0.04:  # teleport: scan a far checkpoint right away
+            hunt_id = self.hunt_id
+            if roll < 0.04:  # teleport: scan the farthest checkpoint right away
                 target = max(self.checkpoints, key=lambda c: distance_m(*position, c.lat, c.lon))
                 where, tag = jitter(target.lat, target.lon, 6, rng), target.tag_id
             elif roll < 0.08:  # out of range: too far from the tag
@@ -108,12 +118,19 @@ class Festival:
                 where = (where[0] + 250 / 111_195.0, where[1])
             elif roll < 0.10:  # a tag that is not in the hunt
                 tag = f"stray-{rng.randrange(1000)}"
+            elif roll < 0.12 and self.ended is not None:  # a stale app: last month's hunt
+                hunt_id, stale = self.ended
+                where, tag = jitter(stale.lat, stale.lon, 6, rng), stale.tag_id
             client_scan_id = f"c-{uuid.uuid4().hex[:12]}"
-            await self.scan(scan, player_id, tag, where, client_scan_id)
+            await self.scan(scan, player_id, tag, where, client_scan_id, hunt_id=hunt_id)
             if rng.random() < 0.08:  # the app retries the same scan
-                await self.scan(scan, player_id, tag, where, client_scan_id, label="duplicate")
+                await self.scan(
+                    scan, player_id, tag, where, client_scan_id, label="duplicate", hunt_id=hunt_id
+                )
             if rng.random() < 0.05:  # the player scans the same tag again
-                await self.scan(scan, player_id, tag, where, f"c-{uuid.uuid4().hex[:12]}")
+                await self.scan(
+                    scan, player_id, tag, where, f"c-{uuid.uuid4().hex[:12]}", hunt_id=hunt_id
+                )
             if roll >= 0.04:
                 position = where
 
@@ -125,13 +142,20 @@ class Festival:
             return False
 
     async def scan(
-        self, stub, player_id, tag_id, where, client_scan_id, label: str | None = None
+        self,
+        stub,
+        player_id,
+        tag_id,
+        where,
+        client_scan_id,
+        label: str | None = None,
+        hunt_id: str | None = None,
     ) -> None:
         scanned_at = Timestamp()
         scanned_at.FromDatetime(self.sim_now())
         request = scan_pb2.SubmitScanRequest(
             player_id=player_id,
-            hunt_id=self.hunt_id,
+            hunt_id=hunt_id or self.hunt_id,
             tag_id=tag_id,
             location=common_pb2.GeoPoint(lat=where[0], lon=where[1]),
             accuracy_m=8.0,
@@ -212,19 +236,26 @@ class Festival:
 
 async def main_async(args: argparse.Namespace) -> int:
     hunt, checkpoints, _ = load_hunt_file(Path(args.hunt_file))
-    ctl_args = argparse.Namespace(
-        token=args.admin_token, json=False, file=args.hunt_file, geo_addr=args.geo_addr,
-        scan_addr=args.scan_addr, leaderboard_addr=args.leaderboard_addr,
-    )  # fmt: skip
-    ctl = Ctl(ctl_args)
-    try:
-        await ctl.import_()
-    finally:
-        await ctl.close()
+    ended, ended_checkpoints, _ = load_hunt_file(ENDED_HUNT_FILE)
+    for hunt_file in (args.hunt_file, str(ENDED_HUNT_FILE)):
+        ctl_args = argparse.Namespace(
+            token=args.admin_token, json=False, file=hunt_file, geo_addr=args.geo_addr,
+            scan_addr=args.scan_addr, leaderboard_addr=args.leaderboard_addr,
+        )  # fmt: skip
+        ctl = Ctl(ctl_args)
+        try:
+            await ctl.import_()
+        finally:
+            await ctl.close()
+    stale = ended_checkpoints[0]
     festival = Festival(
         args,
         [Checkpoint(c.tag_id, c.name, c.location.lat, c.location.lon) for c in checkpoints],
         hunt.hunt_id,
+        ended=(
+            ended.hunt_id,
+            Checkpoint(stale.tag_id, stale.name, stale.location.lat, stale.location.lon),
+        ),
     )
     summary = await festival.run()
     print(
