@@ -48,6 +48,7 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
                 geo_timeout_s=config.geo_timeout_s,
                 score_timeout_s=config.score_timeout_s,
                 lease_s=config.lease_s,
+                redis_timeout_s=config.redis_timeout_s,
             ),
         )
         relay = ScanRelay(

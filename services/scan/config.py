@@ -29,6 +29,8 @@ class ScanConfig:
     relay_interval_s: float
     relay_batch: int
     lease_s: float
+    #: The most a scan waits on its Redis before going on without it.
+    redis_timeout_s: float
     #: A scan's location is purged this long after its hunt ends (services.scan.purge).
     location_retention_s: int
     #: How often the location purge looks for rows that are due.
@@ -56,6 +58,7 @@ class ScanConfig:
             relay_interval_s=env.float("SCAN_RELAY_INTERVAL_S", 1.0, min=0.01, max=3600),
             relay_batch=env.int("SCAN_RELAY_BATCH", 50, min=1, max=1000),
             lease_s=env.float("SCAN_LEASE_S", 15.0, min=0.1, max=3600),
+            redis_timeout_s=env.float("SCAN_REDIS_TIMEOUT_S", 0.25, min=0.001, max=10),
             location_retention_s=env.int(
                 "SCAN_LOCATION_RETENTION_S", 7 * 86400, min=1, max=10 * 365 * 86400
             ),

@@ -64,6 +64,10 @@ class FlowSettings:
     #: How long a driver holds a scan before the relay may take it over.
     lease_s: float = 15.0
     max_backoff_s: float = 60.0
+    #: The most a scan waits on its Redis (a shortcut: on timeout the scan goes
+    #: on without it, as when Redis is down), so a Redis that hangs or is
+    #: failing over cannot stall scans behind its client's retries.
+    redis_timeout_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,9 @@ class ScanFlow:
 
     async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> Answer:
         try:
-            admission = await self._cache.admit(scan.player_id, scan.client_scan_id)
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self._settings.redis_timeout_s):
+                admission = await self._cache.admit(scan.player_id, scan.client_scan_id)
+        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             # Fail open: without Redis there is no rate limit; Postgres keeps scans idempotent.
             self._redis_errors.inc()
             log.warning("scan redis unavailable at admission: %s", exc)
@@ -232,7 +237,8 @@ class ScanFlow:
 
     async def _pending_marker(self, scan: ScanInput) -> bool:
         try:
-            present, _ = await self._cache.answer_of(scan.player_id, scan.client_scan_id)
+            async with asyncio.timeout(self._settings.redis_timeout_s):
+                present, _ = await self._cache.answer_of(scan.player_id, scan.client_scan_id)
             return present
         except (RedisError, OSError):
             self._redis_errors.inc()
@@ -288,7 +294,8 @@ class ScanFlow:
         self, scan: ScanInput, answer: Answer | None, position: Position | None
     ) -> None:
         try:
-            await self._cache.finish(scan.player_id, scan.client_scan_id, answer, position)
+            async with asyncio.timeout(self._settings.redis_timeout_s):
+                await self._cache.finish(scan.player_id, scan.client_scan_id, answer, position)
         except (RedisError, OSError) as exc:
             self._redis_errors.inc()
             log.warning("scan redis unavailable when storing the answer: %s", exc)

@@ -56,8 +56,10 @@ class Stack:
         self.pg_dsn = pg_dsn
         self.extra_env = extra_env
         self.redis: dict[str, RedisServer | RedisCluster] = {}
-        self.ports = {name: free_port() for name in ORDER}
-        self.metrics_ports = {name: free_port() for name in ORDER}
+        # Chosen in start(), once the Redis servers hold theirs: a port picked
+        # earlier is not bound yet, and a cluster node could pick it too.
+        self.ports: dict[str, int] = {}
+        self.metrics_ports: dict[str, int] = {}
         self.processes: dict[str, subprocess.Popen] = {}
         self._channels: list[grpc.aio.Channel] = []
 
@@ -93,6 +95,8 @@ class Stack:
         for server in started:
             if isinstance(server, BaseException):
                 raise server
+        self.ports = {name: free_port() for name in ORDER}
+        self.metrics_ports = {name: free_port() for name in ORDER}
         for name in ORDER:
             self._spawn(name)
         await asyncio.gather(*(self._wait_serving(n) for n in ORDER))
