@@ -33,7 +33,10 @@ class Report:
         return not self.problems
 
 
-async def _board(channel: grpc.aio.Channel, metadata, hunt_id: str) -> dict[str, int]:
+async def read_board(
+    channel: grpc.aio.Channel, metadata, hunt_id: str, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Every player's total on the hunt's leaderboard, page by page (GetTop)."""
     stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
     board: dict[str, int] = {}
     token = ""
@@ -41,7 +44,7 @@ async def _board(channel: grpc.aio.Channel, metadata, hunt_id: str) -> dict[str,
         page = await stub.GetTop(
             leaderboard_pb2.GetTopRequest(hunt_id=hunt_id, limit=1000, page_token=token),
             metadata=metadata,
-            timeout=30,
+            timeout=timeout_s,
         )
         for entry in page.entries:
             board[entry.player_id] = entry.total_points
@@ -135,7 +138,7 @@ async def verify(
 
     if leaderboard is not None:
         try:
-            board = await _board(leaderboard, metadata, hunt_id)
+            board = await read_board(leaderboard, metadata, hunt_id)
         except grpc.aio.AioRpcError as err:
             report.problems.append(f"leaderboard unreadable: {err.code().name}: {err.details()}")
         else:

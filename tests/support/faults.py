@@ -41,6 +41,7 @@ import grpc
 from libs.timestamps import timestamp
 from tests.support.hunts import Spot
 from tests.support.stack import CHANNEL_OPTIONS, CLIENT
+from tools.verify import read_board
 from treasure.common.v1 import common_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
@@ -349,22 +350,6 @@ async def account(db: asyncpg.Pool, hunt_id: str, load: ScanLoad) -> Accounting:
 # -- the leaderboard against the truth ---------------------------------------------
 
 
-async def read_board(channel: grpc.aio.Channel, hunt_id: str) -> dict[str, int]:
-    stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
-    board: dict[str, int] = {}
-    token = ""
-    while True:
-        page = await stub.GetTop(
-            leaderboard_pb2.GetTopRequest(hunt_id=hunt_id, limit=1000, page_token=token),
-            metadata=CLIENT,
-            timeout=2,
-        )
-        board.update((e.player_id, e.total_points) for e in page.entries)
-        token = page.next_page_token
-        if not token:
-            return board
-
-
 async def truth(db: asyncpg.Pool, hunt_id: str) -> dict[str, int]:
     rows = await db.fetch(
         "SELECT player_id, total FROM score.player_scores WHERE hunt_id = $1", hunt_id
@@ -431,7 +416,7 @@ async def board_converged(
     while True:
         expected = await truth(db, hunt_id)
         try:
-            board = await read_board(channel, hunt_id)
+            board = await read_board(channel, CLIENT, hunt_id, timeout_s=2)
             if board == expected and await ranks_agree(channel, hunt_id, expected):
                 return Convergence(time.monotonic())
             wrong = {p for p in expected.keys() | board.keys() if board.get(p) != expected.get(p)}
