@@ -14,8 +14,9 @@ gRPC instrumentation names them.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -136,6 +137,23 @@ def _end(span: trace.Span, code: grpc.StatusCode) -> None:
     span.end()
 
 
+@contextlib.contextmanager
+def _status(finish: Callable[[grpc.StatusCode], None]) -> Iterator[None]:
+    """Calls `finish` with the call's status once the block ends: OK, the
+    peer's code, or CANCELLED when the caller gave up (or anything else)."""
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except grpc.aio.AioRpcError as err:
+        code = err.code()
+        raise
+    except BaseException:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    finally:
+        finish(code)
+
+
 class _UnaryUnary:
     def __init__(self, channel: PeerChannel, method: str, call) -> None:
         self._channel = channel
@@ -144,20 +162,10 @@ class _UnaryUnary:
 
     async def __call__(self, request, *, metadata=None, **kwargs):
         span = self._channel._start_span(self._method)
-        code = grpc.StatusCode.OK
-        try:
-            with trace.use_span(span, end_on_exit=False):
-                return await self._call(
-                    request, metadata=self._channel._metadata_for(span, metadata), **kwargs
-                )
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            raise
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            _end(span, code)
+        with _status(lambda code: _end(span, code)), trace.use_span(span, end_on_exit=False):
+            return await self._call(
+                request, metadata=self._channel._metadata_for(span, metadata), **kwargs
+            )
 
 
 class _UnaryStream:
@@ -181,18 +189,9 @@ class _TracedStream:
         self._ended = False
 
     async def __aiter__(self) -> AsyncIterator:
-        code = grpc.StatusCode.OK
-        try:
+        with _status(self._finish):
             async for item in self._call:
                 yield item
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            raise
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self._finish(code)
 
     def cancel(self) -> bool:
         self._finish(grpc.StatusCode.CANCELLED)
