@@ -300,11 +300,6 @@ class ScanFlow:
             self._redis_errors.inc()
             log.warning("scan redis unavailable when storing the answer: %s", exc)
 
-    async def settle(self) -> None:
-        """Waits for the answers still being written to Redis (shutdown, tests)."""
-        while self._remembering:
-            await asyncio.gather(*self._remembering, return_exceptions=True)
-
     async def _check_in(self, scan: ScanInput, budget: Budget) -> CheckInResult:
         return await self._geo.check_in(
             hunt_id=scan.hunt_id,
