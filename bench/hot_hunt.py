@@ -36,17 +36,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from bench.run import HUNT_FILE, drop_db, import_hunt, prepare_db
 from libs.localinfra import RedisCluster, find_postgres, free_port
 from tools.huntctl import load_hunt_file
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-HUNT_FILE = REPO / "demo" / "lisbon.yaml"
 SERVICES = ("scan", "score", "leaderboard", "geo")
 #: Commands of operators, clients' handshakes and the services' own probes
 #: (health PING, the memory gauge's INFO): not the load under study.
@@ -299,23 +298,15 @@ async def main_async(args: argparse.Namespace, admin_dsn: str, run_dir: Path) ->
 
     hunt, _checkpoints, _tiles = load_hunt_file(HUNT_FILE)
     database = f"thbench_hot_{os.getpid()}"
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await connection.close()
+    dsn = await prepare_db(admin_dsn, database)
     os.environ["TEST_REDIS"] = "cluster"  # Stack's Redis: one 3-master cluster per service
-    stack = Stack(
-        run_dir / "stack",
-        f"{admin_dsn.rpartition('/')[0]}/{database}",
-        LOG_LEVEL="WARNING",
-        SCAN_RATE_LIMIT="100",
-    )
+    stack = Stack(run_dir / "stack", dsn, LOG_LEVEL="WARNING", SCAN_RATE_LIMIT="100")
     try:
         await stack.start()
         clusters = {name: stack.redis[name] for name in SERVICES}
         owners = {name: await owner_port(c, hunt.hunt_id) for name, c in clusters.items()}
-        await _import(stack)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is this tool's JSON
+            await import_hunt(stack)
         monitors = {s: await Monitor(owners[s], hunt.hunt_id).start() for s in SERVICES}
         before = await snapshot(clusters)
         started = time.monotonic()
@@ -326,11 +317,7 @@ async def main_async(args: argparse.Namespace, admin_dsn: str, run_dir: Path) ->
         keys_ = {s: await hunt_keys(owners[s], hunt.hunt_id) for s in SERVICES}
     finally:
         await stack.stop()
-        connection = await asyncpg.connect(admin_dsn)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await connection.close()
+        await drop_db(admin_dsn, database)
     scans = int(summary.get("count", 0))
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -346,20 +333,6 @@ async def main_async(args: argparse.Namespace, admin_dsn: str, run_dir: Path) ->
         },
         "services": analyse(delta(before, after), owners, samples, keys_),
     }
-
-
-async def _import(stack) -> None:
-    from tools.huntctl import Ctl
-
-    args = argparse.Namespace(token="local-admin-token", json=True, file=str(HUNT_FILE),
-                              geo_addr=stack.addr("geo"), scan_addr=stack.addr("scan"),
-                              leaderboard_addr=stack.addr("leaderboard"))  # fmt: skip
-    ctl = Ctl(args)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            await ctl.import_()
-    finally:
-        await ctl.close()
 
 
 def main() -> None:

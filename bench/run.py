@@ -120,7 +120,8 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-async def _prepare_db(admin_dsn: str, name: str) -> str:
+async def prepare_db(admin_dsn: str, name: str) -> str:
+    """A new, empty database `name` (dropped first if left over); its DSN."""
     connection = await asyncpg.connect(admin_dsn)
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -130,7 +131,7 @@ async def _prepare_db(admin_dsn: str, name: str) -> str:
     return f"{admin_dsn.rpartition('/')[0]}/{name}"
 
 
-async def _drop_db(admin_dsn: str, name: str) -> None:
+async def drop_db(admin_dsn: str, name: str) -> None:
     connection = await asyncpg.connect(admin_dsn)
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -138,7 +139,8 @@ async def _drop_db(admin_dsn: str, name: str) -> None:
         await connection.close()
 
 
-async def _import_hunt(stack: Stack) -> None:
+async def import_hunt(stack: Stack) -> None:
+    """`huntctl import` of the demo hunt into `stack` (its JSON on stdout)."""
     from tools.huntctl import Ctl
 
     args = argparse.Namespace(token="local-admin-token", json=True, file=str(HUNT_FILE), geo_addr=stack.addr("geo"),
@@ -152,14 +154,14 @@ async def _import_hunt(stack: Stack) -> None:
 
 def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
     name = f"thbench_{os.getpid()}"
-    dsn = asyncio.run(_prepare_db(admin_dsn, name))
+    dsn = asyncio.run(prepare_db(admin_dsn, name))
     stack = Stack(
         REPO / ".run" / f"bench-{os.getpid()}", dsn, LOG_LEVEL="WARNING", SCAN_RATE_LIMIT="100"
     )
     runs: list[dict] = []
     try:
         asyncio.run(stack.start())
-        asyncio.run(_import_hunt(stack))
+        asyncio.run(import_hunt(stack))
         addr = stack.addr("scan")
         plan = [("unloaded", {"concurrency": 1}), ("closed", {"concurrency": 8})]
         plan += [("open", {"rate": r}) for r in args.rates]
@@ -169,7 +171,7 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
             runs.append(result)
     finally:
         asyncio.run(stack.stop())
-        asyncio.run(_drop_db(admin_dsn, name))
+        asyncio.run(drop_db(admin_dsn, name))
     return runs
 
 
