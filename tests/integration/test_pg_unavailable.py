@@ -4,6 +4,8 @@ statement is still the error it is."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -18,6 +20,10 @@ class Store:
     async def answer(self) -> int:
         return await self.pool.fetchval("SELECT 42")
 
+    @pg.unavailable_when_down("wait for the answer")
+    async def slow_answer(self) -> int:
+        return await self.pool.fetchval("SELECT 42 FROM pg_sleep(30)")
+
     @pg.unavailable_when_down("read a missing table")
     async def broken(self) -> int:
         return await self.pool.fetchval("SELECT * FROM no_such_table")
@@ -29,15 +35,23 @@ async def test_a_cut_connection_is_unavailable_and_the_next_call_recovers(pg_dsn
     try:
         store = Store(pool)
         assert await store.answer() == 42
-        # What a Postgres restart does to pooled connections: the server ends them.
+        # What a Postgres restart does to a pooled connection in use: the server
+        # ends it under the statement. (An idle one may be replaced by the pool
+        # before the next call, which then simply succeeds.)
+        waiting = asyncio.ensure_future(store.slow_answer())
+        while not await admin.fetchval(  # noqa: ASYNC110 - polling Postgres, not an event
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)' "
+            "AND state = 'active' AND pid <> pg_backend_pid()"
+        ):
+            await asyncio.sleep(0.01)
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         with pytest.raises(errors.Unavailable) as raised:
-            await store.answer()
+            await asyncio.wait_for(waiting, 10)
         assert raised.value.reason == "STORE_UNAVAILABLE"
-        assert "read the answer" in raised.value.message
+        assert "wait for the answer" in raised.value.message
         assert raised.value.retry_after_s > 0
         assert await store.answer() == 42  # the pool opened a new connection
     finally:
