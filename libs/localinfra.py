@@ -9,6 +9,7 @@ Postgres is found or made: an explicit DSN; else the server on
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -28,9 +29,19 @@ class InfraError(Exception):
 
 def free_port() -> int:
     """A loopback port nobody uses now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports nobody uses now. Held open together while
+    they are chosen: one at a time, the kernel may hand out the same port twice."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def find_binary(name: str, hint: str) -> str:
@@ -96,6 +107,18 @@ class RedisServer:
             "--logfile", str((self.workdir / "redis.log").resolve()),
             "--bind", "127.0.0.1", *self.extra_args,
         ]  # fmt: skip
+
+    @classmethod
+    def on_free_port(cls, config_file: Path, workdir: Path, attempts: int = 3) -> RedisServer:
+        """Started on a free port. A port is only free when it is chosen: one
+        another process takes before Redis binds it is tried again, anew."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return cls(config_file, free_port(), workdir).start()
+            except InfraError as exc:
+                if attempt == attempts or "Address already in use" not in str(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs import pg, rediskit
-from libs.localinfra import RedisCluster, RedisServer, find_postgres, free_port
+from libs.localinfra import RedisCluster, RedisServer, find_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / ".run" / "test"
@@ -93,7 +93,7 @@ def start_redis(service: str, workdir: Path) -> RedisServer | RedisCluster:
     config = REPO / "services" / service / "redis.conf"
     if cluster_mode():
         return RedisCluster(config, workdir).start()
-    return RedisServer(config, free_port(), workdir).start()
+    return RedisServer.on_free_port(config, workdir)
 
 
 @pytest.fixture(scope="session")

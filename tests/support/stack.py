@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import RedisError
 
 from libs import rediskit
-from libs.localinfra import RedisCluster, RedisServer, free_port
+from libs.localinfra import RedisCluster, RedisServer, free_ports
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, TOKENS, bearer
 from tests.support.services import spawn, wait_serving
 from treasure.geo.v1 import geo_pb2_grpc
@@ -95,8 +95,9 @@ class Stack:
         for server in started:
             if isinstance(server, BaseException):
                 raise server
-        self.ports = {name: free_port() for name in ORDER}
-        self.metrics_ports = {name: free_port() for name in ORDER}
+        ports = free_ports(2 * len(ORDER))
+        self.ports = dict(zip(ORDER, ports[: len(ORDER)], strict=True))
+        self.metrics_ports = dict(zip(ORDER, ports[len(ORDER) :], strict=True))
         for name in ORDER:
             self._spawn(name)
         await asyncio.gather(*(self._wait_serving(n) for n in ORDER))
