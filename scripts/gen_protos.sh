@@ -3,8 +3,11 @@
 # under protos/ into the folder given (default gen/). One place, the whole tree.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$here/gen}
-py=${PYTHON:-$here/.venv/bin/python}
+# Absolute (symlinks kept: the venv's python must stay the venv's), as the
+# generator runs from protos/ and make passes relative paths.
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+out=$(absolute "${1:-$here/gen}")
+py=$(absolute "${PYTHON:-$here/.venv/bin/python}")
 rm -rf "$out/treasure"
 mkdir -p "$out"
 cd "$here/protos"
