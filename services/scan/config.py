@@ -31,6 +31,8 @@ class ScanConfig:
     lease_s: float
     #: The most a scan waits on its Redis before going on without it.
     redis_timeout_s: float
+    #: Distinct scans this process works on at once; more are shed (UNAVAILABLE).
+    max_in_flight: int
     #: A scan's location is purged this long after its hunt ends (services.scan.purge).
     location_retention_s: int
     #: How often the location purge looks for rows that are due.
@@ -59,6 +61,7 @@ class ScanConfig:
             relay_batch=env.int("SCAN_RELAY_BATCH", 50, min=1, max=1000),
             lease_s=env.float("SCAN_LEASE_S", 15.0, min=0.1, max=3600),
             redis_timeout_s=env.float("SCAN_REDIS_TIMEOUT_S", 0.25, min=0.001, max=10),
+            max_in_flight=env.int("SCAN_MAX_IN_FLIGHT", 64, min=1, max=100_000),
             location_retention_s=env.int(
                 "SCAN_LOCATION_RETENTION_S", 7 * 86400, min=1, max=10 * 365 * 86400
             ),

@@ -54,6 +54,10 @@ class RateLimited(errors.ResourceExhausted):
     reason = "SCAN_RATE_LIMITED"
 
 
+class Overloaded(errors.Unavailable):
+    reason = "SCAN_OVERLOADED"
+
+
 @dataclass(frozen=True)
 class FlowSettings:
     max_speed_mps: float = 50.0
@@ -68,6 +72,12 @@ class FlowSettings:
     #: on without it, as when Redis is down), so a Redis that hangs or is
     #: failing over cannot stall scans behind its client's retries.
     redis_timeout_s: float = 0.25
+    #: Distinct scans worked on at once. A new scan beyond it is shed at once
+    #: (UNAVAILABLE, retry hint), before anything is written; copies of a scan
+    #: in flight still join it. Past the stack's capacity, taking more work
+    #: only queues it: without a bound, an offered load 20% above capacity
+    #: took every answer to 1.5 s and ended in refused streams.
+    max_in_flight: int = 64
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,9 @@ class ScanFlow:
         self._redis_errors = metrics.counter(
             "scan_redis_errors_total", "Scan Redis calls that failed (served from Postgres)."
         )
+        self._shed = metrics.counter(
+            "scans_shed_total", "New scans refused because max_in_flight scans were in flight."
+        )
 
     # -- SubmitScan ------------------------------------------------------------
 
@@ -139,6 +152,11 @@ class ScanFlow:
             key = (scan.player_id, scan.client_scan_id)
             task = self._inflight.get(key)
             if task is None:
+                if len(self._inflight) >= self._settings.max_in_flight:
+                    self._shed.inc()
+                    raise Overloaded(
+                        "the scan service is at capacity; retry shortly", retry_after_s=0.25
+                    )
                 # Shielded: a caller that hangs up does not stop a scan half way.
                 task = asyncio.ensure_future(self._admit_and_process(scan, budget))
                 self._inflight[key] = task

@@ -35,7 +35,10 @@ class ScanServiceStub:
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAUTHENTICATED / PERMISSION_DENIED for tokens.
+    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
+    store it needs is down: retry with the same client_scan_id;
+    UNAUTHENTICATED / PERMISSION_DENIED for tokens.
     Roles: every RPC accepts `client` (and `admin`).
     """
 
@@ -57,7 +60,10 @@ class ScanServiceAsyncStub(ScanServiceStub):
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAUTHENTICATED / PERMISSION_DENIED for tokens.
+    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
+    store it needs is down: retry with the same client_scan_id;
+    UNAUTHENTICATED / PERMISSION_DENIED for tokens.
     Roles: every RPC accepts `client` (and `admin`).
     """
 
@@ -75,7 +81,10 @@ class ScanServiceServicer(metaclass=_abc_1.ABCMeta):
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAUTHENTICATED / PERMISSION_DENIED for tokens.
+    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
+    store it needs is down: retry with the same client_scan_id;
+    UNAUTHENTICATED / PERMISSION_DENIED for tokens.
     Roles: every RPC accepts `client` (and `admin`).
     """
 
