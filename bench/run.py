@@ -31,6 +31,7 @@ from tests.support.stack import Stack
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 HUNT_FILE = REPO / "demo" / "lisbon.yaml"
+SERVICES = ("geo", "score", "leaderboard", "scan")
 
 
 def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: int | None = None,
@@ -79,6 +80,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    axes[0].set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per run (up to 20)
     for run in runs:
         values = sorted(run["latencies_ms"])
         if not values:
@@ -169,9 +171,64 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
             result = loadgen("scan", addr, duration=args.duration, **load)
             print(describe(result), flush=True)
             runs.append(result)
+        runs += run_traced(args, stack)
     finally:
         asyncio.run(stack.stop())
         asyncio.run(drop_db(admin_dsn, name))
+    return runs
+
+
+#: The traced runs: every span, and one in ten traces (OTEL_TRACES_SAMPLER).
+TRACED = (
+    ("scan+otlp", {}, (1, 8)),
+    ("scan+otlp 10%", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                       "OTEL_TRACES_SAMPLER_ARG": "0.1"}, (8,)),
+)  # fmt: skip
+
+
+def run_traced(args: argparse.Namespace, stack: Stack) -> list[dict]:
+    """The same stack with its spans exported (OTLP/gRPC) to a sink in its own
+    process, as to Jaeger: what tracing costs, in full and sampled."""
+    runs = []
+    for target, sampling, concurrencies in TRACED:
+        runs += _traced(args, stack, target, sampling, concurrencies)
+    return runs
+
+
+def _traced(args: argparse.Namespace, stack: Stack, target: str, sampling: dict[str, str],
+            concurrencies: tuple[int, ...]) -> list[dict]:  # fmt: skip
+    port = free_port()
+    counts = stack.workdir / "otlp-sink.json"
+    counts.unlink(missing_ok=True)
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "bench.otlp_sink", str(port), str(counts)], cwd=REPO
+    )
+    settings = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", **sampling}
+    runs = []
+    try:
+        stack.extra_env.update(settings)
+        for service in SERVICES:
+            asyncio.run(stack.restart(service))
+        for concurrency in concurrencies:
+            result = loadgen(
+                "scan", stack.addr("scan"), duration=args.duration, concurrency=concurrency
+            )
+            result["target"] = target
+            print(describe(result), flush=True)
+            runs.append(result)
+        for service in SERVICES:
+            asyncio.run(stack.stop_service(service))  # flushes their spans
+    finally:
+        for name in settings:
+            stack.extra_env.pop(name, None)
+        stop_pid(sink.pid)
+    received = json.loads(counts.read_text()) if counts.exists() else {"spans": 0}
+    scans = sum(r["count"] + r["warmup"] for r in runs)
+    for r in runs:
+        r["spans_per_scan"] = round(received["spans"] / max(scans, 1), 1)
+    print(
+        f"{target}: the sink received {received['spans']} spans ({runs[0]['spans_per_scan']} per scan)"
+    )
     return runs
 
 
@@ -236,6 +293,21 @@ def write_summary(report: dict) -> None:
         f"p99 {eight['p99_ms']:.1f} ms.",
         f"Floor (bare grpc.aio echo, 8 in flight): {echo8['rate_per_s']:.0f} calls/s; SubmitScan reaches "
         f"{eight['rate_per_s'] / echo8['rate_per_s']:.2%} of it (ratio {report['floor_ratio']:.3f}).",
+    ]
+    for target, _, _ in TRACED:
+        traced = [r for r in scan_runs if r["target"] == target]
+        if traced:
+            lines.append(
+                f"Spans exported to an OTLP sink ({target}, {traced[0]['spans_per_scan']} spans "
+                "per scan): "
+                + ", ".join(
+                    f"{r['concurrency']} in flight {r['rate_per_s']:.0f}/s, p50 {r['p50_ms']:.1f} ms, "
+                    f"p99 {r['p99_ms']:.1f} ms"
+                    for r in traced
+                )
+                + "."
+            )
+    lines += [
         "",
         "![latency](latency.png)",
     ]
