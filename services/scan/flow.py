@@ -74,9 +74,10 @@ class FlowSettings:
     redis_timeout_s: float = 0.25
     #: Distinct scans worked on at once. A new scan beyond it is shed at once
     #: (UNAVAILABLE, retry hint), before anything is written; copies of a scan
-    #: in flight still join it. Past the stack's capacity, taking more work
-    #: only queues it: without a bound, an offered load 20% above capacity
-    #: took every answer to 1.5 s and ended in refused streams.
+    #: in flight still join it. Past the stack's capacity, taking on more work
+    #: only queues it behind the rest, each holding a Postgres connection or a
+    #: peer call. (Calls may still wait in gRPC before they get here when the
+    #: process is saturated: README, "Benchmarks".)
     max_in_flight: int = 64
 
 
