@@ -234,16 +234,3 @@ def peer_error(peer: str, err: grpc.aio.AioRpcError) -> errors.ServiceError:
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.NotFound(message)
     return errors.FailedPrecondition(message, reason="PEER_REJECTED")
-
-
-def remaining(
-    context: grpc.aio.ServicerContext | None, default_s: float, margin_s: float = 0.02
-) -> float:
-    """A deadline for a downstream call: `default_s`, shortened to what is left
-    of the incoming call's deadline (minus a margin), never below 1 ms."""
-    if context is None:
-        return default_s
-    left = context.time_remaining()
-    if left is None:
-        return default_s
-    return max(0.001, min(default_s, left - margin_s))

@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from libs import paging, validate
 from libs.auth import ADMIN, INTERNAL, PUBLIC
-from libs.channels import remaining
+from libs.deadlines import Budget
 from libs.errors import InvalidArgument
 from libs.server import Binding
 from libs.timestamps import timestamp_ms
@@ -101,7 +101,9 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
     async def SubmitScores(
         self, request: leaderboard_pb2.SubmitScoresRequest, context: grpc.aio.ServicerContext
     ) -> leaderboard_pb2.SubmitScoresResponse:
-        counts = await self._board.submit(_updates(request), wait_s=remaining(context, 1.0, 0.2))
+        counts = await self._board.submit(
+            _updates(request), wait_s=Budget.of(context).timeout(1.0, 0.2)
+        )
         return leaderboard_pb2.SubmitScoresResponse(applied=counts.applied, stale=counts.stale)
 
     async def GetTop(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,6 +29,7 @@ from opentelemetry import propagate, trace
 from redis.exceptions import RedisError
 
 from libs import errors
+from libs.deadlines import Budget
 from libs.geometry import distance_m
 from libs.metrics import Metrics
 from services.geo.client import CheckInResult, GeoClient, TagStatus
@@ -79,25 +79,6 @@ class FlowSettings:
     #: peer call. (Calls may still wait in gRPC before they get here when the
     #: process is saturated: README, "Benchmarks".)
     max_in_flight: int = 64
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The time a call may still take (loop clock), from the incoming deadline."""
-
-    deadline: float | None = None
-
-    @classmethod
-    def within(cls, seconds: float | None) -> Budget:
-        return cls(None if seconds is None else time.monotonic() + seconds)
-
-    def timeout(self, default_s: float, margin_s: float = 0.01) -> float:
-        if self.deadline is None:
-            return default_s
-        return max(0.001, min(default_s, self.deadline - time.monotonic() - margin_s))
-
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 def implausible_speed(previous: Position, scan: ScanInput, max_speed_mps: float) -> bool:

@@ -17,8 +17,9 @@ from datetime import timedelta
 from opentelemetry import propagate, trace
 
 from libs import errors
+from libs.deadlines import Budget
 from libs.metrics import Metrics
-from services.scan.flow import Budget, ScanFlow
+from services.scan.flow import ScanFlow
 from services.scan.store import ScanStore
 
 log = logging.getLogger(__name__)

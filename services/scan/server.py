@@ -8,9 +8,10 @@ import grpc
 
 from libs import paging, validate
 from libs.auth import PUBLIC
+from libs.deadlines import Budget
 from libs.server import Binding
 from libs.timestamps import timestamp
-from services.scan.flow import Budget, ScanFlow
+from services.scan.flow import ScanFlow
 from services.scan.model import Answer, Outcome, ScanInput, ScanRecord, Status
 from treasure.common.v1 import common_pb2
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
@@ -104,7 +105,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             ),
             client_scan_id=validate.require_id("client_scan_id", request.client_scan_id),
         )
-        answer = await self._flow.submit(scan, Budget.within(context.time_remaining()))
+        answer = await self._flow.submit(scan, Budget.of(context))
         return scan_pb2.SubmitScanResponse(**_answer_fields(answer))
 
     async def GetScan(self, request: scan_pb2.GetScanRequest, context: grpc.aio.ServicerContext):
