@@ -242,13 +242,17 @@ def down(_args: argparse.Namespace) -> int:
 
 
 def status(_args: argparse.Namespace) -> int:
+    """The pid of each part of the stack; exit 0 only when every part runs."""
     rows = {
         name: _pid_of(name)
         for name in [*SERVICES, *_redis_names()]
         if (PIDS / f"{name}.pid").exists()
     }
+    if not rows:
+        print("nothing runs (`make up` starts the stack)")
+        return 1
     print(json.dumps(rows, indent=2))
-    return 0 if rows and all(rows.values()) else 1
+    return 0 if all(rows.values()) else 1
 
 
 def main() -> None:
