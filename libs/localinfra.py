@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import redis
 
 
 class InfraError(Exception):
@@ -57,6 +58,15 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
+
+
+def _redis_pid(port: int) -> int | None:
+    """The process id of the Redis answering on `port`; None if none answers."""
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
 
 
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
@@ -129,7 +139,8 @@ class RedisServer:
             start_new_session=self.detach,
         )
         deadline = time.monotonic() + timeout_s
-        while not _port_open(self.port):
+        # Ours must answer: another server may hold the port (then ours exits).
+        while not (_port_open(self.port) and _redis_pid(self.port) == self.process.pid):
             if self.process.poll() is not None:
                 log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
                 raise InfraError(f"redis-server on {self.port} exited: {log}")
@@ -186,11 +197,15 @@ class RedisCluster:
         raise AssertionError("unreachable")
 
     def _start(self, timeout_s: float) -> RedisCluster:
-        ports = self.ports or [free_port() for _ in range(self.masters)]
+        # Free ports for every master and its bus, chosen together (one at a
+        # time, a bus port could equal a later master's).
+        chosen = free_ports(2 * self.masters)
+        ports = self.ports or chosen[: self.masters]
+        buses = iter(chosen[self.masters :])
         for port in ports:
             node_dir = self.workdir / str(port)
             # The bus port is chosen free too, not port + 10000 (which may be taken).
-            bus = port + 10000 if self.ports and port + 10000 < 65536 else free_port()
+            bus = port + 10000 if self.ports and port + 10000 < 65536 else next(buses)
             node = RedisServer(
                 self.config_file, port, node_dir,
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
