@@ -165,6 +165,8 @@ class ServiceSettings:
     startup_timeout_s: float
     max_message_bytes: int
     log_level: str
+    #: OTEL_TRACES_SAMPLER as set ("" when unset); the OTel SDK reads its value.
+    traces_sampler: str = ""
 
     @classmethod
     def read(cls, env: Env, prefix: str, grpc_port: int, metrics_port: int) -> ServiceSettings:
@@ -193,6 +195,7 @@ class ServiceSettings:
             startup_timeout_s=env.float("STARTUP_TIMEOUT_S", 60.0, min=0, max=3600),
             max_message_bytes=env.int("GRPC_MAX_MESSAGE_BYTES", 1 << 20, min=4096, max=64 << 20),
             log_level=env.str("LOG_LEVEL", "INFO").upper(),
+            traces_sampler=env.str("OTEL_TRACES_SAMPLER", ""),
         )
 
     def require_peer_token(self, env: Env) -> None:

@@ -83,7 +83,11 @@ class Runtime:
     ) -> None:
         self.service = service
         self.settings = settings
-        self.telemetry = telemetry or Telemetry(f"treasure-{service}", settings.otlp_endpoint)
+        self.telemetry = telemetry or Telemetry(
+            f"treasure-{service}",
+            settings.otlp_endpoint,
+            sampler_configured=bool(settings.traces_sampler),
+        )
         self.metrics = Metrics(service)
         self.port = 0
         self.metrics_port = 0
