@@ -4,8 +4,10 @@ Starts its own stack (four services as processes, four Redis servers, a
 throwaway Postgres database), imports the demo hunt, and drives SubmitScan
 from a load generator in its own process (bench/loadgen.py): unloaded (one
 in flight), at fixed concurrency, and at fixed offered rates (open loop).
-In the same run it measures the floor: a bare grpc.aio echo server and client
-on this machine. Then it runs each service's own read benchmark
+Then it restarts the services exporting their spans (OTLP) to a sink in its
+own process, as to Jaeger, and measures again: every span, then one trace in
+ten. In the same run it measures the floor: a bare grpc.aio echo server and
+client on this machine. Then it runs each service's own read benchmark
 (bench/<service>_bench.py) when present. Results: bench/results/scan.json,
 bench/results/summary.md and latency plots (PNG).
 """
@@ -222,7 +224,9 @@ def _traced(args: argparse.Namespace, stack: Stack, target: str, sampling: dict[
         for name in settings:
             stack.extra_env.pop(name, None)
         stop_pid(sink.pid)
-    received = json.loads(counts.read_text()) if counts.exists() else {"spans": 0}
+    if not counts.exists():
+        raise RuntimeError(f"the OTLP sink wrote no counts ({counts}): spans per scan unknown")
+    received = json.loads(counts.read_text())
     scans = sum(r["count"] + r["warmup"] for r in runs)
     for r in runs:
         r["spans_per_scan"] = round(received["spans"] / max(scans, 1), 1)
