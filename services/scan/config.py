@@ -31,7 +31,7 @@ class ScanConfig:
     lease_s: float
     #: The most a scan waits on its Redis before going on without it.
     redis_timeout_s: float
-    #: Distinct scans this process works on at once; more are shed (UNAVAILABLE).
+    #: New SubmitScan scans this process works on at once; more are shed (UNAVAILABLE).
     max_in_flight: int
     #: A scan's location is purged this long after its hunt ends (services.scan.purge).
     location_retention_s: int

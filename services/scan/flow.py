@@ -72,7 +72,8 @@ class FlowSettings:
     #: on without it, as when Redis is down), so a Redis that hangs or is
     #: failing over cannot stall scans behind its client's retries.
     redis_timeout_s: float = 0.25
-    #: Distinct scans worked on at once. A new scan beyond it is shed at once
+    #: New SubmitScan scans worked on at once (the relay's re-drives are not
+    #: counted: their batch bounds them). A new scan beyond it is shed at once
     #: (UNAVAILABLE, retry hint), before anything is written; copies of a scan
     #: in flight still join it. Past the stack's capacity, taking on more work
     #: only queues it behind the rest, each holding a Postgres connection or a

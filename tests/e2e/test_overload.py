@@ -21,7 +21,8 @@ from tests.support.hunts import create_hunt, spots
 from tests.support.stack import CLIENT, Stack
 from treasure.scan.v1 import scan_pb2
 
-STACK_ENV = {"SCAN_MAX_IN_FLIGHT": "3", "SCAN_GEO_TIMEOUT_S": "5"}
+# The held scans wait on geo for up to 30 s: well past the 10 s the test may take.
+STACK_ENV = {"SCAN_MAX_IN_FLIGHT": "3", "SCAN_GEO_TIMEOUT_S": "30"}
 
 
 def _details(err: grpc.aio.AioRpcError) -> tuple[str, float]:
@@ -63,11 +64,12 @@ async def test_past_max_in_flight_a_new_scan_is_shed_and_a_copy_still_joins(
     os.kill(geo, signal.SIGSTOP)
     try:
         held = [
-            asyncio.ensure_future(scan.SubmitScan(r, metadata=CLIENT, timeout=30))
+            asyncio.ensure_future(scan.SubmitScan(r, metadata=CLIENT, timeout=60))
             for r in held_requests
         ]
-        while await _rows(db, players) < 3:  # noqa: ASYNC110 - polling Postgres, not an event
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):  # all three recorded, each waiting on geo
+            while await _rows(db, players) < 3:  # noqa: ASYNC110 - polling Postgres, not an event
+                await asyncio.sleep(0.02)
         try:
             await scan.SubmitScan(late, metadata=CLIENT, timeout=2)
             raise AssertionError("a fourth scan in flight was accepted")
@@ -77,7 +79,7 @@ async def test_past_max_in_flight_a_new_scan_is_shed_and_a_copy_still_joins(
             assert reason == "SCAN_OVERLOADED"
             assert 0 < delay <= 1
         assert await _rows(db, [late.player_id]) == 0  # nothing of it was written
-        copy = asyncio.ensure_future(scan.SubmitScan(held_requests[0], metadata=CLIENT, timeout=30))
+        copy = asyncio.ensure_future(scan.SubmitScan(held_requests[0], metadata=CLIENT, timeout=60))
         await asyncio.sleep(0.2)
         assert not copy.done()  # joined the scan in flight, not shed
     finally:

@@ -43,6 +43,7 @@ async def test_a_cut_connection_is_unavailable_and_the_next_call_recovers(pg_dsn
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)' "
             "AND state = 'active' AND pid <> pg_backend_pid()"
         ):
+            assert not waiting.done(), waiting.result()  # it must still be running
             await asyncio.sleep(0.01)
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -7,6 +7,7 @@ from libs import paging, validate
 from libs.auth import Authenticator, Role
 from libs.cache import MISSING, SingleFlight, TtlCache
 from libs.config import Tokens
+from libs.deadlines import Budget
 from libs.errors import InvalidArgument
 
 
@@ -99,3 +100,15 @@ def test_authenticator_maps_tokens_to_roles():
     assert auth.role_of("c1") is None
     assert auth.role_of(None) is None
     assert Authenticator(Tokens()).role_of("Bearer ") is None
+
+
+def test_budget_shortens_a_step_to_what_the_deadline_leaves():
+    assert Budget().timeout(2.0) == 2.0  # no deadline: the step's own
+    assert not Budget().expired()
+    roomy = Budget.within(10.0)
+    assert roomy.timeout(2.0) == 2.0
+    tight = Budget.within(0.5)
+    assert 0.45 < tight.timeout(2.0, margin_s=0.01) <= 0.49
+    late = Budget.within(-1.0)
+    assert late.expired()
+    assert late.timeout(2.0) == 0.001  # never below 1 ms
