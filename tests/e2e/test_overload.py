@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import urllib.request
 from datetime import UTC, datetime
 
 import asyncpg
@@ -18,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tests.e2e.test_scan_flow import request, unique
 from tests.support.hunts import create_hunt, spots
+from tests.support.services import scrape_metrics
 from tests.support.stack import CLIENT, Stack
 from treasure.scan.v1 import scan_pb2
 
@@ -32,12 +32,6 @@ def _details(err: grpc.aio.AioRpcError) -> tuple[str, float]:
     assert any(d.Unpack(info) for d in status.details)
     assert any(d.Unpack(retry) for d in status.details)
     return info.reason, retry.retry_delay.ToTimedelta().total_seconds()
-
-
-def _shed_total(port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith("scans_shed_total "))  # fmt: skip
 
 
 async def _rows(db: asyncpg.Pool, players: list[str]) -> int:
@@ -91,4 +85,5 @@ async def test_past_max_in_flight_a_new_scan_is_shed_and_a_copy_still_joins(
     assert (await copy).scan_id == answers[0].scan_id
     retried = await scan.SubmitScan(late, metadata=CLIENT)
     assert retried.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
-    assert await asyncio.to_thread(_shed_total, stack.metrics_ports["scan"]) >= 1
+    metrics = await asyncio.to_thread(scrape_metrics, stack.metrics_ports["scan"])
+    assert metrics["scans_shed_total"] >= 1

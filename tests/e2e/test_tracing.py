@@ -20,6 +20,7 @@ from tests.e2e.test_scan_flow import request
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN
 from tests.support.hunts import create_hunt, spots
 from tests.support.otlp import Receiver
+from tests.support.services import scrape_metrics
 from tests.support.stack import CLIENT, Stack
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
@@ -178,18 +179,6 @@ async def test_one_scan_is_one_trace_across_four_services(stack: Stack, receiver
             assert token not in text
 
 
-def _scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 def _sum(values: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in values.items() if k.startswith(prefix))
 
@@ -199,7 +188,8 @@ async def test_metrics_exist_and_move_after_a_scan(stack: Stack):
     cps = spots(hunt_id, 1)
     await create_hunt(stack.geo(), hunt_id, cps)
     before = {
-        name: await asyncio.to_thread(_scrape, port) for name, port in stack.metrics_ports.items()
+        name: await asyncio.to_thread(scrape_metrics, port)
+        for name, port in stack.metrics_ports.items()
     }
     reply = await stack.scan().SubmitScan(
         request("metered", hunt_id, cps[0], at=datetime.now(UTC)), metadata=CLIENT
@@ -207,7 +197,8 @@ async def test_metrics_exist_and_move_after_a_scan(stack: Stack):
     assert reply.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
     await asyncio.sleep(6)  # gauges refresh every few seconds
     after = {
-        name: await asyncio.to_thread(_scrape, port) for name, port in stack.metrics_ports.items()
+        name: await asyncio.to_thread(scrape_metrics, port)
+        for name, port in stack.metrics_ports.items()
     }
 
     for service, method in (
