@@ -36,6 +36,7 @@ from libs import paging
 from libs.localinfra import RedisServer, find_postgres, free_port
 from services.leaderboard.__main__ import running
 from services.leaderboard.config import LeaderboardConfig
+from treasure.geo.v1 import geo_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2 as lb_pb
 from treasure.leaderboard.v1 import leaderboard_pb2_grpc as lb_grpc
 from treasure.score.v1 import score_pb2
@@ -84,6 +85,22 @@ def score_double(pages: list[bytes]) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         "treasure.score.v1.ScoreService", {"StreamScores": handler}
     )
+
+
+def catalog_double(hunt_id: str) -> grpc.GenericRpcHandler:
+    """A GeoService whose catalog holds one hunt (GetHunt only)."""
+
+    async def get_hunt(request, context):
+        if request.hunt_id != hunt_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"hunt {request.hunt_id} not found")
+        return geo_pb2.GetHuntResponse(hunt=geo_pb2.Hunt(hunt_id=hunt_id))
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        get_hunt,
+        request_deserializer=geo_pb2.GetHuntRequest.FromString,
+        response_serializer=geo_pb2.GetHuntResponse.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler("treasure.geo.v1.GeoService", {"GetHunt": handler})
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -180,13 +197,14 @@ async def leaderboard_figures(
 ) -> dict[str, object]:
     pages = serialized_pages(ids, totals, reached)
     double = grpc.aio.server()
-    double.add_generic_rpc_handlers((score_double(pages),))
+    double.add_generic_rpc_handlers((score_double(pages), catalog_double(HUNT)))
     score_port = double.add_insecure_port("127.0.0.1:0")
     await double.start()
     config = LeaderboardConfig.from_env(
         {
             "LEADERBOARD_REDIS_URL": redis_url,
             "SCORE_SERVICE_ADDR": f"127.0.0.1:{score_port}",
+            "GEO_SERVICE_ADDR": f"127.0.0.1:{score_port}",
             "LEADERBOARD_GRPC_LISTEN": "127.0.0.1:0",
             "LEADERBOARD_METRICS_LISTEN": "off",
             "LEADERBOARD_RECONCILE_S": "0",

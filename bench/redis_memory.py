@@ -56,7 +56,7 @@ from services.leaderboard import keys as lb_keys
 from services.leaderboard.cache import BoardStore, Update
 from services.scan import keys as scan_keys
 from services.scan.cache import ScanCache
-from services.scan.model import Answer, Outcome, Position, Status, new_scan_id
+from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
 from services.score import keys as score_keys
 from services.score.cache import HotTier
 from services.score.model import Progress, Score, UnlockedCheckpoint
@@ -132,7 +132,9 @@ def player_ids(n: int) -> list[str]:
 # -- scan ---------------------------------------------------------------------
 
 
-async def measure_scan(client, probe: Probe, players: list[str], sample: int, cps: list) -> dict:
+async def measure_scan(
+    client, probe: Probe, hunt_id: str, players: list[str], sample: int, cps: list
+) -> dict:
     cache = ScanCache(
         client,
         rate_limit=10_000,  # 33 scans in a row must not be refused here
@@ -145,8 +147,23 @@ async def measure_scan(client, probe: Probe, players: list[str], sample: int, cp
 
     async def scan(player: str, n: int) -> None:
         cp = cps[n % len(cps)]
-        client_scan_id = f"c-{uuid.uuid4().hex[:12]}"
-        admission = await cache.admit(player, client_scan_id)
+        position = Position(
+            cp.location.lat + random.uniform(-1e-4, 1e-4),
+            cp.location.lon + random.uniform(-1e-4, 1e-4),
+            8.0,
+            hunt_now,
+        )
+        request = ScanInput(
+            player,
+            hunt_id,
+            cp.tag_id,
+            position.lat,
+            position.lon,
+            position.accuracy_m,
+            hunt_now,
+            f"c-{uuid.uuid4().hex[:12]}",
+        )
+        admission = await cache.admit(request)
         assert admission.retry_after_ms is None and not admission.seen
         answer = Answer(
             scan_id=new_scan_id(),
@@ -158,13 +175,7 @@ async def measure_scan(client, probe: Probe, players: list[str], sample: int, cp
             checkpoint_name=cp.name,
             first_finder=n == 0 and player.endswith("0"),
         )
-        position = Position(
-            cp.location.lat + random.uniform(-1e-4, 1e-4),
-            cp.location.lon + random.uniform(-1e-4, 1e-4),
-            8.0,
-            hunt_now,
-        )
-        await cache.finish(player, client_scan_id, answer, position)
+        await cache.finish(request, answer, position)
 
     before = await probe.used()
     await bounded(lambda p=p: scan(p, 0) for p in players)
@@ -473,7 +484,7 @@ async def measure(service: str, args: argparse.Namespace, workdir: Path) -> dict
         await client.config_set("maxmemory", "16gb")  # nothing may be evicted while measuring
         baseline = await probe.used()
         if service == "scan":
-            figures = await measure_scan(client, probe, players, sample, proto_cps)
+            figures = await measure_scan(client, probe, hunt_id, players, sample, proto_cps)
         elif service == "score":
             figures = await measure_score(client, probe, hunt_id, players, sample, proto_cps)
         elif service == "leaderboard":

@@ -7,15 +7,26 @@ Each carries a stable `reason` for clients that must branch on the cause.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ServiceError(Exception):
-    """Base of every error a service reports to its caller."""
+    """Base of every error a service reports to its caller. `metadata`: facts
+    a client may act on (google.rpc.ErrorInfo's metadata), e.g. the id of the
+    scan that holds a reused idempotency key."""
 
     reason: str = "ERROR"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
         if reason is not None:
             self.reason = reason
 
@@ -49,9 +60,14 @@ class ResourceExhausted(ServiceError):
     reason = "RESOURCE_EXHAUSTED"
 
     def __init__(
-        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_s = retry_after_s
 
 
@@ -61,7 +77,12 @@ class Unavailable(ServiceError):
     reason = "UNAVAILABLE"
 
     def __init__(
-        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_s = retry_after_s

@@ -70,7 +70,7 @@ def _pack(*messages) -> list[any_pb2.Any]:
 
 def status_of(exc: errors.ServiceError, domain: str) -> _Abort:
     code = next((c for kind, c in _CODES if isinstance(exc, kind)), grpc.StatusCode.UNKNOWN)
-    details = [error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain)]
+    details = [error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain, metadata=exc.metadata)]
     if isinstance(exc, errors.InvalidArgument):
         details.append(
             error_details_pb2.BadRequest(

@@ -1,7 +1,9 @@
 """Suite-wide fixtures: a throwaway Postgres database per test (cloned from a
 migrated template), one Redis server per service started from the repo's
 pinned configs (flushed before each test), and a check that no test leaves an
-unhandled exception on the event loop. Servers are started, never skipped."""
+unhandled exception on the event loop. Servers are started, never skipped.
+The helpers these use (paths, DSNs, starting and flushing a Redis) are in
+tests/support/infra.py: import them from there, never from this file."""
 
 from __future__ import annotations
 
@@ -11,28 +13,21 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
-from libs import pg, rediskit
+from libs import pg
 from libs.localinfra import RedisCluster, RedisServer, find_postgres
-
-REPO = Path(__file__).resolve().parents[1]
-RUN_DIR = REPO / ".run" / "test"
-SERVICES_WITH_PG = ("scan", "score", "geo")
-SERVICES = ("scan", "score", "leaderboard", "geo")
-
-
-def migrations_of(service: str) -> Path:
-    return REPO / "services" / service / "migrations"
-
-
-def dsn_for(admin_dsn: str, database: str) -> str:
-    base, _, _ = admin_dsn.rpartition("/")
-    return f"{base}/{database}"
+from tests.support.infra import (
+    RUN_DIR,
+    SERVICES,
+    SERVICES_WITH_PG,
+    dsn_for,
+    flush,
+    migrations_of,
+    start_redis,
+)
 
 
 @pytest.fixture(scope="session")
@@ -84,18 +79,6 @@ async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     await _drop(pg_admin_dsn, name)
 
 
-def cluster_mode() -> bool:
-    """TEST_REDIS=cluster runs every service on its own 3-master Redis Cluster."""
-    return os.environ.get("TEST_REDIS", "standalone") == "cluster"
-
-
-def start_redis(service: str, workdir: Path) -> RedisServer | RedisCluster:
-    config = REPO / "services" / service / "redis.conf"
-    if cluster_mode():
-        return RedisCluster(config, workdir).start()
-    return RedisServer.on_free_port(config, workdir)
-
-
 @pytest.fixture(scope="session")
 def redis_servers() -> Iterator[dict[str, RedisServer | RedisCluster]]:
     """One Redis per service (or one Redis Cluster, see `cluster_mode`), from
@@ -121,18 +104,6 @@ def redis_servers() -> Iterator[dict[str, RedisServer | RedisCluster]]:
             server.stop()
         for service in SERVICES:
             shutil.rmtree(RUN_DIR / f"redis-{service}-{os.getpid()}", ignore_errors=True)
-
-
-async def flush(url: str) -> None:
-    """FLUSHALL on every master behind `url`."""
-    client = rediskit.connect(url)
-    try:
-        if isinstance(client, aioredis.RedisCluster):
-            await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
-        else:
-            await client.flushall()
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
-"""How other services call geo: `GeoClient.check_in` for the scan flow."""
+"""How other services call geo: `GeoClient.check_in` for the scan flow, and
+`HuntDirectory.exists` for services that must tell an unknown hunt from one
+without data (score, the leaderboard)."""
 
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 
+from libs.cache import MISSING, SingleFlight, TtlCache
 from libs.channels import peer_error
 from libs.timestamps import timestamp
 from treasure.common.v1 import common_pb2
@@ -18,6 +22,8 @@ class TagStatus(enum.StrEnum):
     FOUND = "found"
     UNKNOWN = "unknown"
     INACTIVE = "inactive"
+    #: The requested hunt does not exist.
+    UNKNOWN_HUNT = "unknown_hunt"
 
 
 class HuntStatus(enum.StrEnum):
@@ -30,6 +36,7 @@ _TAG = {
     geo_pb2.TAG_STATUS_FOUND: TagStatus.FOUND,
     geo_pb2.TAG_STATUS_UNKNOWN: TagStatus.UNKNOWN,
     geo_pb2.TAG_STATUS_INACTIVE: TagStatus.INACTIVE,
+    geo_pb2.TAG_STATUS_UNKNOWN_HUNT: TagStatus.UNKNOWN_HUNT,
 }
 _HUNT = {
     geo_pb2.HUNT_STATUS_DRAFT: HuntStatus.DRAFT,
@@ -37,11 +44,13 @@ _HUNT = {
     geo_pb2.HUNT_STATUS_CANCELLED: HuntStatus.CANCELLED,
 }
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class CheckInResult:
     """What geo says about a scanned tag. Checkpoint and hunt fields are empty
-    when the tag is UNKNOWN."""
+    when the tag is UNKNOWN or the hunt is UNKNOWN_HUNT."""
 
     tag_status: TagStatus
     checkpoint_id: str
@@ -93,7 +102,7 @@ class GeoClient:
             reply = await self._stub.CheckIn(request, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise peer_error("geo", err) from err
-        found = reply.tag_status != geo_pb2.TAG_STATUS_UNKNOWN
+        found = reply.tag_status in (geo_pb2.TAG_STATUS_FOUND, geo_pb2.TAG_STATUS_INACTIVE)
         hunt = reply.hunt if reply.HasField("hunt") else None
         return CheckInResult(
             tag_status=_TAG.get(reply.tag_status, TagStatus.UNKNOWN),
@@ -112,3 +121,51 @@ class GeoClient:
             allowed_m=reply.allowed_m,
             in_range=reply.in_range,
         )
+
+
+class HuntDirectory:
+    """Whether a hunt exists, as geo's catalog says (GetHunt), cached in
+    process: a hunt found for `found_ttl_s` (hunts are never deleted, only
+    cancelled), one not found for `missing_ttl_s` (so a hunt created a moment
+    later is seen soon, while a flood of unknown ids costs geo one call per id
+    per period). Concurrent lookups of one hunt share one call.
+
+    `exists` answers None when geo cannot say (down, slow, refusing): the
+    caller then serves as for an existing hunt rather than failing reads that
+    do not need geo to be right."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout_s: float = 0.5,
+        found_ttl_s: float = 300.0,
+        missing_ttl_s: float = 2.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._stub = geo_pb2_grpc.GeoServiceStub(channel)
+        self._timeout_s = timeout_s
+        self._found: TtlCache[str, bool] = TtlCache(max_entries, found_ttl_s)
+        self._missing: TtlCache[str, bool] = TtlCache(max_entries, missing_ttl_s)
+        self._flight: SingleFlight[str, bool | None] = SingleFlight()
+
+    async def exists(self, hunt_id: str) -> bool | None:
+        if self._found.get(hunt_id) is not MISSING:
+            return True
+        if self._missing.get(hunt_id) is not MISSING:
+            return False
+        return await self._flight.do(hunt_id, lambda: self._ask(hunt_id))
+
+    async def _ask(self, hunt_id: str) -> bool | None:
+        try:
+            await self._stub.GetHunt(
+                geo_pb2.GetHuntRequest(hunt_id=hunt_id), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.NOT_FOUND:
+                self._missing.put(hunt_id, False)
+                return False
+            log.warning("geo could not say whether hunt %s exists: %s", hunt_id, err.code())
+            return None
+        self._found.put(hunt_id, True)
+        return True

@@ -8,8 +8,13 @@ maps them to and from the protos. Distances are great-circle distances
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
+
+from libs import errors
+from libs.geometry import EARTH_RADIUS_M
 
 #: A scan may be this much further than the radius when the GPS says it is imprecise.
 MAX_ACCURACY_ALLOWANCE_M = 50.0
@@ -17,6 +22,10 @@ MAX_ACCURACY_ALLOWANCE_M = 50.0
 LIVE_WINDOW_S = 60
 #: The last location of a player is kept this long after the sighting.
 LOCATION_TTL_S = 30
+#: A checkpoint's points and first-finder bonus are at most this. Score's
+#: Unlock takes its bound from here, so a scan of any catalogued checkpoint can
+#: be applied.
+MAX_POINTS = 1_000_000
 #: Redis GEO can index latitudes only up to this (Web Mercator's limit).
 GEO_INDEX_MAX_LAT = 85.05112878
 
@@ -31,6 +40,8 @@ class TagStatus(enum.StrEnum):
     FOUND = "found"
     UNKNOWN = "unknown"
     INACTIVE = "inactive"
+    #: The requested hunt does not exist.
+    UNKNOWN_HUNT = "unknown_hunt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,21 @@ class Grid:
     tile_size_m: float
     columns: int
     rows: int
+
+    def tile_of(self, lat: float, lon: float) -> tuple[int, int]:
+        """The (x, y) of the tile holding a point, on or off the grid. North is
+        measured along the meridian, east along the origin's parallel (the
+        longitude difference taken in [-180, 180)), as the proto says."""
+        north_m = EARTH_RADIUS_M * math.radians(lat - self.origin_lat)
+        dlon = (lon - self.origin_lon + 180.0) % 360.0 - 180.0
+        east_m = EARTH_RADIUS_M * math.cos(math.radians(self.origin_lat)) * math.radians(dlon)
+        return math.floor(east_m / self.tile_size_m), math.floor(north_m / self.tile_size_m)
+
+    def covers(self, lat: float, lon: float) -> bool:
+        """Whether the point lies on one of the grid's tiles (every checkpoint
+        of a hunt must)."""
+        x, y = self.tile_of(lat, lon)
+        return 0 <= x < self.columns and 0 <= y < self.rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +213,20 @@ def allowed_m(radius_m: float, accuracy_m: float) -> float:
 def geo_indexable(lat: float) -> bool:
     """Whether Redis GEO can hold a point at this latitude."""
     return -GEO_INDEX_MAX_LAT <= lat <= GEO_INDEX_MAX_LAT
+
+
+class HuntNotFound(errors.NotFound):
+    """No hunt has this id: every service answers it with this reason."""
+
+    reason = "HUNT_NOT_FOUND"
+
+    def __init__(self, hunt_id: str) -> None:
+        super().__init__(f"hunt {hunt_id} not found")
+
+
+class Hunts(Protocol):
+    """What other services ask of geo's catalog: whether a hunt exists (True,
+    False, or None when geo cannot say now). Implemented over gRPC by
+    services.geo.client.HuntDirectory."""
+
+    async def exists(self, hunt_id: str) -> bool | None: ...

@@ -15,6 +15,7 @@ from libs.errors import InvalidArgument
 from libs.server import Binding
 from libs.timestamps import timestamp, timestamp_ms
 from services.geo.model import (
+    MAX_POINTS,
     Checkpoint,
     CheckpointInput,
     Grid,
@@ -32,7 +33,7 @@ from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 ROLES = {
     "CreateHunt": ADMIN,
     "UpdateHunt": ADMIN,
-    "GetHunt": PUBLIC,
+    "GetHunt": PUBLIC | INTERNAL,  # score and the leaderboard ask whether a hunt exists
     "ListHunts": PUBLIC,
     "UpsertCheckpoint": ADMIN,
     "ListCheckpoints": PUBLIC,
@@ -65,6 +66,7 @@ _TAG_OUT = {
     TagStatus.FOUND: geo_pb2.TAG_STATUS_FOUND,
     TagStatus.UNKNOWN: geo_pb2.TAG_STATUS_UNKNOWN,
     TagStatus.INACTIVE: geo_pb2.TAG_STATUS_INACTIVE,
+    TagStatus.UNKNOWN_HUNT: geo_pb2.TAG_STATUS_UNKNOWN_HUNT,
 }
 
 
@@ -149,8 +151,10 @@ def _checkpoint_input(request: geo_pb2.UpsertCheckpointRequest) -> CheckpointInp
     name = _name("checkpoint.name", c.name)
     lat, lon = validate.require_point("checkpoint.location", c.location, c.HasField("location"))
     radius = validate.require_number("checkpoint.radius_m", c.radius_m, low=1, high=1000)
-    points = validate.require_int("checkpoint.points", c.points, low=0)
-    bonus = validate.require_int("checkpoint.first_finder_bonus", c.first_finder_bonus, low=0)
+    points = validate.require_int("checkpoint.points", c.points, low=0, high=MAX_POINTS)
+    bonus = validate.require_int(
+        "checkpoint.first_finder_bonus", c.first_finder_bonus, low=0, high=MAX_POINTS
+    )
     return CheckpointInput(checkpoint_id, hunt_id, tag_id, name, lat, lon, radius, points, bonus)
 
 
@@ -359,7 +363,7 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
             hunt_id, player_id, tag_id, lat, lon, accuracy, at.timestamp()
         )
         if result.checkpoint is None or result.hunt is None:
-            return geo_pb2.CheckInResponse(tag_status=geo_pb2.TAG_STATUS_UNKNOWN)
+            return geo_pb2.CheckInResponse(tag_status=_TAG_OUT[result.tag_status])
         return geo_pb2.CheckInResponse(
             tag_status=_TAG_OUT[result.tag_status],
             checkpoint=self._memo.checkpoint(result.checkpoint),

@@ -38,6 +38,7 @@ from services.geo.model import (
     CheckpointSet,
     Hunt,
     HuntChanges,
+    HuntNotFound,
     NearbyCheckpoint,
     NearbyPlayer,
     NewHunt,
@@ -140,7 +141,7 @@ class Geo:
     async def require_hunt(self, hunt_id: str) -> Hunt:
         hunt = await self.hunt(hunt_id)
         if hunt is None:
-            raise errors.NotFound(f"hunt {hunt_id} not found")
+            raise HuntNotFound(hunt_id)
         return hunt
 
     async def _load_hunt(self, hunt_id: str) -> Versioned[Hunt]:
@@ -261,10 +262,10 @@ class Geo:
                 log.warning("check-in sighting not recorded: %s", exc)
 
         cp: Checkpoint | None = tag.value  # type: ignore[union-attr]
-        if cp is None or cp.hunt_id != hunt_id:
-            return CheckInResult(TagStatus.UNKNOWN, None, None, 0.0, 0.0, False)
         hunt_value = await self.hunt(hunt_id) if hunt is MISSING else hunt.value  # type: ignore[union-attr]
         if hunt_value is None:
+            return CheckInResult(TagStatus.UNKNOWN_HUNT, None, None, 0.0, 0.0, False)
+        if cp is None or cp.hunt_id != hunt_id:
             return CheckInResult(TagStatus.UNKNOWN, None, None, 0.0, 0.0, False)
         distance = distance_m(lat, lon, cp.lat, cp.lon)
         allowed = allowed_m(cp.radius_m, accuracy_m)
@@ -360,7 +361,7 @@ class Geo:
     async def _rebuild_set(self, hunt_id: str) -> CheckpointSet:
         cps = await self._store.active_checkpoints(hunt_id)
         if cps is None:
-            raise errors.NotFound(f"hunt {hunt_id} not found")
+            raise HuntNotFound(hunt_id)
         try:
             await self._cache.store_checkpoints(hunt_id, cps)
         except CacheUnavailable as exc:

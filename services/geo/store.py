@@ -1,6 +1,8 @@
 """The geo service's Postgres (schema `geo`): the catalog, tiles and the tile view.
 
-One statement per operation wherever one will do. Each statement has a
+One statement per operation wherever one will do. Catalog writes that must
+keep every active checkpoint on its hunt's tile grid (`Grid.covers`) lock the
+hunt's row first and check in the same transaction. Each statement has a
 deadline and is counted in `geo_store_queries_total{query}`, so operators (and
 tests) can see how often a cache tier falls through to Postgres.
 """
@@ -22,6 +24,7 @@ from services.geo.model import (
     Grid,
     Hunt,
     HuntChanges,
+    HuntNotFound,
     HuntStatus,
     NewHunt,
     Tile,
@@ -63,6 +66,13 @@ WHERE h.hunt_id = $1
 RETURNING {_HUNT_COLUMNS}"""
 
 _GET_HUNT = f"SELECT {_HUNT_COLUMNS} FROM geo.hunts h WHERE h.hunt_id = $1"
+
+# Serialises the catalog writes of one hunt while a grid rule is checked.
+_LOCK_HUNT = f"SELECT {_HUNT_COLUMNS} FROM geo.hunts h WHERE h.hunt_id = $1 FOR UPDATE"
+
+_ACTIVE_POINTS = """
+SELECT checkpoint_id, lat, lon FROM geo.checkpoints WHERE hunt_id = $1 AND active
+ORDER BY checkpoint_id"""
 
 _LIST_HUNTS = f"""
 SELECT {_HUNT_COLUMNS} FROM geo.hunts h WHERE h.hunt_id > $1 ORDER BY h.hunt_id LIMIT $2"""
@@ -245,19 +255,34 @@ class GeoStore:
         self._count["update_hunt"].inc()
         g = changes.grid
         try:
-            row = await self._pool.fetchrow(
-                _UPDATE_HUNT,
+            async with self._pool.acquire() as connection, connection.transaction():
+                if g is not None:
+                    await self._require_on_grid(connection, hunt_id, g)
+                row = await connection.fetchrow(
+                    _UPDATE_HUNT,
                 hunt_id, changes.name, changes.starts_at, changes.ends_at,
                 changes.status.value if changes.status is not None else None,
                 g.origin_lat if g else None, g.origin_lon if g else None,
-                g.tile_size_m if g else None, g.columns if g else None, g.rows if g else None,
-                timeout=self._timeout,
-            )  # fmt: skip
+                    g.tile_size_m if g else None, g.columns if g else None, g.rows if g else None,
+                    timeout=self._timeout,
+                )  # fmt: skip
         except asyncpg.CheckViolationError as exc:
             raise _window_error(exc) from None
         if row is None:
-            raise errors.NotFound(f"hunt {hunt_id} not found")
+            raise HuntNotFound(hunt_id)
         return _hunt(row)
+
+    async def _require_on_grid(
+        self, connection: asyncpg.Connection, hunt_id: str, grid: Grid
+    ) -> None:
+        """Locks the hunt; refuses a grid that leaves an active checkpoint off it."""
+        if await connection.fetchrow(_LOCK_HUNT, hunt_id, timeout=self._timeout) is None:
+            raise HuntNotFound(hunt_id)
+        for row in await connection.fetch(_ACTIVE_POINTS, hunt_id, timeout=self._timeout):
+            if not grid.covers(row["lat"], row["lon"]):
+                raise errors.InvalidArgument(
+                    "hunt.grid", f"would leave checkpoint {row['checkpoint_id']} off the grid"
+                )
 
     @unavailable_when_down("read the hunt")
     async def get_hunt(self, hunt_id: str) -> Hunt | None:
@@ -278,18 +303,30 @@ class GeoStore:
         """The stored checkpoint, whether it is new, and its previous tag id."""
         self._count["upsert_checkpoint"].inc()
         try:
-            row = await self._pool.fetchrow(
-                _UPSERT_CHECKPOINT,
-                cp.hunt_id, cp.checkpoint_id, cp.tag_id, cp.name, cp.lat, cp.lon, cp.radius_m,
-                cp.points, cp.first_finder_bonus,
-                timeout=self._timeout,
-            )  # fmt: skip
+            async with self._pool.acquire() as connection, connection.transaction():
+                hunt = await connection.fetchrow(_LOCK_HUNT, cp.hunt_id, timeout=self._timeout)
+                if hunt is None:
+                    raise HuntNotFound(cp.hunt_id)
+                grid = _hunt(hunt).grid
+                if not grid.covers(cp.lat, cp.lon):
+                    x, y = grid.tile_of(cp.lat, cp.lon)
+                    raise errors.InvalidArgument(
+                        "checkpoint.location",
+                        f"is off the tile grid of hunt {cp.hunt_id} (tile ({x}, {y}) of a "
+                        f"{grid.columns} x {grid.rows} grid)",
+                    )
+                row = await connection.fetchrow(
+                    _UPSERT_CHECKPOINT,
+                    cp.hunt_id, cp.checkpoint_id, cp.tag_id, cp.name, cp.lat, cp.lon, cp.radius_m,
+                    cp.points, cp.first_finder_bonus,
+                    timeout=self._timeout,
+                )  # fmt: skip
         except asyncpg.UniqueViolationError:
             raise errors.AlreadyExists(
                 f"tag {cp.tag_id} belongs to another checkpoint", reason="TAG_TAKEN"
             ) from None
         if row is None:
-            raise errors.NotFound(f"hunt {cp.hunt_id} not found")
+            raise HuntNotFound(cp.hunt_id)
         return _checkpoint(row), row["created"], row["old_tag_id"]
 
     @unavailable_when_down("deactivate the checkpoint")
@@ -311,7 +348,7 @@ class GeoStore:
             _LIST_CHECKPOINTS, hunt_id, after, include_inactive, limit, timeout=self._timeout
         )
         if not rows:
-            raise errors.NotFound(f"hunt {hunt_id} not found")
+            raise HuntNotFound(hunt_id)
         return [_checkpoint(r) for r in rows if r["checkpoint_id"] is not None]
 
     @unavailable_when_down("resolve the tag")
@@ -348,7 +385,7 @@ class GeoStore:
                 _PUT_TILE, hunt_id, x, y, version, content_type, data, timeout=self._timeout
             )
         except asyncpg.ForeignKeyViolationError:
-            raise errors.NotFound(f"hunt {hunt_id} not found") from None
+            raise HuntNotFound(hunt_id) from None
         if stored is None:  # a concurrent first put won the insert; read what it stored
             stored = await self._pool.fetchval(
                 _STORED_TILE_VERSION, hunt_id, x, y, timeout=self._timeout

@@ -1,5 +1,6 @@
 """Composition root of the leaderboard service: read config, open Redis and
-the score channel, wire store -> rebuilder -> board -> watchers -> servicer, run."""
+the score and geo channels, wire store -> rebuilder -> board -> watchers ->
+servicer, run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from libs import server as bootstrap
+from services.geo.client import HuntDirectory
 from services.leaderboard.board import Leaderboard
 from services.leaderboard.cache import CONTRACT, BoardStore
 from services.leaderboard.config import LeaderboardConfig
@@ -38,6 +40,7 @@ async def running(config: LeaderboardConfig) -> AsyncIterator[bootstrap.Runtime]
         board = Leaderboard(
             store,
             rebuilder,
+            HuntDirectory(runtime.channel(config.geo_addr)),
             tracer,
             runtime.metrics,
             top_cache_ms=config.top_cache_ms,

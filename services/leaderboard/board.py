@@ -3,9 +3,13 @@
 Sits between the servicer (which converts protos) and the Redis store
 (`cache.BoardStore`). It owns the rules a caller sees:
 - a board that is missing (no build marker) is never served nor written
-  piecemeal: reads answer UNAVAILABLE with a retry hint and start a rebuild;
-  submits start one, wait for it within their deadline and apply again, or
-  answer UNAVAILABLE (the score outbox keeps the rows and retries);
+  piecemeal. A read of a missing board asks geo's catalog whether the hunt
+  exists (NOT_FOUND if not), then rebuilds the board (an empty one for a hunt
+  nobody has scored in) and waits for it within the call's deadline; only a
+  board that cannot be built in time answers UNAVAILABLE with a retry hint
+  (the rebuild goes on). Submits start a rebuild, wait for it within their
+  deadline and apply again, or answer UNAVAILABLE (the score outbox keeps the
+  rows and retries);
 - GetTop pages are kept in a bounded in-process cache for at most
   LEADERBOARD_TOP_CACHE_MS (a hot hunt's top 10 does not hit Redis per call),
   and concurrent misses of one page share one Redis call;
@@ -15,13 +19,15 @@ Sits between the servicer (which converts protos) and the Redis store
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from opentelemetry.trace import Tracer
 
 from libs import errors
 from libs.cache import MISSING, SingleFlight, TtlCache
 from libs.metrics import Metrics
+from services.geo.model import HuntNotFound, Hunts
 from services.leaderboard.cache import (
     Around,
     BoardState,
@@ -35,6 +41,7 @@ from services.leaderboard.cache import (
 from services.leaderboard.rebuild import Rebuilder, RebuildResult
 
 _TopKey = tuple[str, int, Cursor | None]
+_T = TypeVar("_T")
 
 
 class Leaderboard:
@@ -42,6 +49,7 @@ class Leaderboard:
         self,
         store: BoardStore,
         rebuilder: Rebuilder,
+        hunts: Hunts,
         tracer: Tracer,
         metrics: Metrics,
         *,
@@ -51,6 +59,7 @@ class Leaderboard:
     ) -> None:
         self._store = store
         self._rebuilder = rebuilder
+        self._hunts = hunts
         self._tracer = tracer
         self._metrics = metrics
         self._retry_after_s = retry_after_s
@@ -68,6 +77,35 @@ class Leaderboard:
             retry_after_s=self._retry_after_s,
             reason="BOARD_REBUILDING",
         )
+
+    async def _read(
+        self, hunt_id: str, wait_s: float, read: Callable[[], Awaitable[_T | None]]
+    ) -> _T:
+        """`read()` of the board; when the board is missing: NOT_FOUND for a
+        hunt that does not exist, else the board is rebuilt within `wait_s`
+        and read again (UNAVAILABLE if it is still missing)."""
+        found = await read()
+        if found is None:
+            await self._build_missing(hunt_id, wait_s)
+            found = await read()
+            if found is None:
+                raise self.missing_error(hunt_id, rebuild=False)  # it is being built
+        self._rebuilder.remember(hunt_id)
+        return found
+
+    async def _build_missing(self, hunt_id: str, wait_s: float) -> None:
+        if await self._hunts.exists(hunt_id) is False:
+            raise HuntNotFound(hunt_id)
+        await self._rebuilder.settled(hunt_id, wait_s)
+
+    async def ensure(self, hunt_id: str, wait_s: float) -> None:
+        """Returns once the hunt has a board (for WatchTop), building a missing
+        one within `wait_s`; NOT_FOUND for a hunt that does not exist."""
+
+        async def exists() -> bool | None:
+            return True if (await self._store.state(hunt_id)).exists else None
+
+        await self._read(hunt_id, wait_s, exists)
 
     # -- writes -------------------------------------------------------------
 
@@ -102,11 +140,17 @@ class Leaderboard:
             return SubmitCounts(applied, stale)
 
     async def rebuild(self, hunt_id: str) -> RebuildResult:
+        """RebuildBoard: NOT_FOUND for a hunt that does not exist (no board is
+        made for it)."""
+        if await self._hunts.exists(hunt_id) is False:
+            raise HuntNotFound(hunt_id)
         return await self._rebuilder.rebuild(hunt_id)
 
     # -- reads --------------------------------------------------------------
 
-    async def top(self, hunt_id: str, limit: int, cursor: Cursor | None = None) -> TopPage:
+    async def top(
+        self, hunt_id: str, limit: int, cursor: Cursor | None = None, wait_s: float = 2.0
+    ) -> TopPage:
         """A page of the board, best first (cached in process for a moment)."""
         key = (hunt_id, limit, cursor)
         with self._tracer.start_as_current_span(
@@ -119,14 +163,11 @@ class Leaderboard:
                 return page  # type: ignore[return-value]
             self._metrics.cache_miss("top", "l1")
             span.set_attribute("cache.hit", False)
-            return await self._top_flight.do(key, lambda: self._load_top(key))
+            return await self._top_flight.do(key, lambda: self._load_top(key, wait_s))
 
-    async def _load_top(self, key: _TopKey) -> TopPage:
+    async def _load_top(self, key: _TopKey, wait_s: float) -> TopPage:
         hunt_id, limit, cursor = key
-        page = await self._store.top(hunt_id, limit, cursor)
-        if page is None:
-            raise self.missing_error(hunt_id)
-        self._rebuilder.remember(hunt_id)
+        page = await self._read(hunt_id, wait_s, lambda: self._store.top(hunt_id, limit, cursor))
         self._top_cache.put(key, page)
         return page
 
@@ -141,29 +182,26 @@ class Leaderboard:
     async def state(self, hunt_id: str) -> BoardState:
         return await self._store.state(hunt_id)
 
-    async def rank(self, hunt_id: str, player_id: str) -> tuple[Entry, int]:
+    async def rank(self, hunt_id: str, player_id: str, wait_s: float = 2.0) -> tuple[Entry, int]:
         """The player's entry (1-based rank) and the number of players."""
         with self._tracer.start_as_current_span(
             "leaderboard.get_rank", attributes={"hunt.id": hunt_id, "player.id": player_id}
         ):
-            found = await self._store.rank(hunt_id, player_id)
-            if found is None:
-                raise self.missing_error(hunt_id)
-            self._rebuilder.remember(hunt_id)
-            entry, count = found
+            entry, count = await self._read(
+                hunt_id, wait_s, lambda: self._store.rank(hunt_id, player_id)
+            )
             if entry is None:
                 raise _not_on_board(hunt_id, player_id)
             return entry, count
 
-    async def around(self, hunt_id: str, player_id: str, n: int) -> Around:
+    async def around(self, hunt_id: str, player_id: str, n: int, wait_s: float = 2.0) -> Around:
         """The player and up to n players above and below."""
         with self._tracer.start_as_current_span(
             "leaderboard.get_around", attributes={"hunt.id": hunt_id, "player.id": player_id}
         ):
-            found = await self._store.around(hunt_id, player_id, n)
-            if found is None:
-                raise self.missing_error(hunt_id)
-            self._rebuilder.remember(hunt_id)
+            found = await self._read(
+                hunt_id, wait_s, lambda: self._store.around(hunt_id, player_id, n)
+            )
             if not found.entries:
                 raise _not_on_board(hunt_id, player_id)
             return found

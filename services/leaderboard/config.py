@@ -14,6 +14,8 @@ class LeaderboardConfig:
     common: ServiceSettings
     redis_url: str
     score_addr: str
+    #: Geo's catalog, asked whether a hunt without a board exists.
+    geo_addr: str
     #: GetTop answers are kept in process this long (bounded staleness), and how many.
     top_cache_ms: int = 200
     top_cache_entries: int = 2048
@@ -43,6 +45,7 @@ class LeaderboardConfig:
             common=common,
             redis_url=env.str("LEADERBOARD_REDIS_URL"),
             score_addr=env.str("SCORE_SERVICE_ADDR"),
+            geo_addr=env.str("GEO_SERVICE_ADDR"),
             top_cache_ms=env.int("LEADERBOARD_TOP_CACHE_MS", 200, min=1, max=250),
             top_cache_entries=env.int("LEADERBOARD_TOP_CACHE_ENTRIES", 2048, min=1, max=1_000_000),
             watch_rate=env.float("LEADERBOARD_WATCH_RATE", 4.0, min=0.1, max=100.0),

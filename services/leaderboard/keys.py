@@ -15,7 +15,9 @@ validated (`libs.validate`) before they reach these functions.
 
 A board exists only when its `meta` exists (the build marker, written in the
 same script that RENAMEs a finished rebuild over the live keys). No marker
-means missing: reads answer UNAVAILABLE and a rebuild starts.
+means missing: a read asks geo whether the hunt exists (NOT_FOUND if not),
+rebuilds the board and waits for it within its deadline (UNAVAILABLE if it
+cannot be built in time).
 
 Score encoding
 --------------

@@ -38,6 +38,8 @@ MAX_TOTAL_POINTS = 1_000_000_000
 MAX_TOP = 1000
 MAX_AROUND = 100
 MAX_WATCH = 100
+#: The most a read waits for a missing board to be built (less if its deadline is nearer).
+BUILD_WAIT_S = 2.0
 
 
 def _entry(entry: Entry) -> leaderboard_pb2.LeaderboardEntry:
@@ -111,7 +113,9 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
     ) -> leaderboard_pb2.GetTopResponse:
         hunt_id = validate.require_id("hunt_id", request.hunt_id)
         limit = validate.page_size("limit", request.limit, default=10, maximum=MAX_TOP)
-        page = await self._board.top(hunt_id, limit, _cursor(request.page_token))
+        page = await self._board.top(
+            hunt_id, limit, _cursor(request.page_token), wait_s=_build_wait(context)
+        )
         return leaderboard_pb2.GetTopResponse(
             entries=[_entry(e) for e in page.entries],
             next_page_token=_token(page.next_cursor),
@@ -123,7 +127,7 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
     ) -> leaderboard_pb2.GetRankResponse:
         hunt_id = validate.require_id("hunt_id", request.hunt_id)
         player_id = validate.require_id("player_id", request.player_id)
-        entry, count = await self._board.rank(hunt_id, player_id)
+        entry, count = await self._board.rank(hunt_id, player_id, wait_s=_build_wait(context))
         return leaderboard_pb2.GetRankResponse(
             rank=entry.rank,
             total_points=entry.total,
@@ -137,7 +141,7 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
         hunt_id = validate.require_id("hunt_id", request.hunt_id)
         player_id = validate.require_id("player_id", request.player_id)
         n = validate.page_size("n", request.n, default=5, maximum=MAX_AROUND)
-        around = await self._board.around(hunt_id, player_id, n)
+        around = await self._board.around(hunt_id, player_id, n, wait_s=_build_wait(context))
         return leaderboard_pb2.GetAroundResponse(
             entries=[_entry(e) for e in around.entries], player_count=around.player_count
         )
@@ -147,6 +151,7 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
     ) -> AsyncIterator[leaderboard_pb2.WatchTopResponse]:
         hunt_id = validate.require_id("hunt_id", request.hunt_id)
         limit = validate.page_size("limit", request.limit, default=10, maximum=MAX_WATCH)
+        await self._board.ensure(hunt_id, wait_s=_build_wait(context))
         subscription = self._hub.subscribe(hunt_id, limit)
         context.add_done_callback(lambda _context: subscription.close())
         try:
@@ -166,6 +171,10 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
         took = Duration()
         took.FromNanoseconds(int(result.took_s * 1e9))
         return leaderboard_pb2.RebuildBoardResponse(player_count=result.player_count, took=took)
+
+
+def _build_wait(context: grpc.aio.ServicerContext) -> float:
+    return Budget.of(context).timeout(BUILD_WAIT_S, margin_s=0.05)
 
 
 def _watch_response(snapshot: TopSnapshot) -> leaderboard_pb2.WatchTopResponse:

@@ -2,9 +2,10 @@
 last plausible position of each player (DESIGN.md's Redis table).
 
 `admit()` is the one round trip at the start of a scan: one Lua script on the
-player's slot that returns a stored answer if there is one, or else takes a
-token from the player's bucket and marks the scan pending; it also returns the
-player's last position for the speed check. `finish()` stores the answer and
+player's slot that returns a stored answer (with the fingerprint of the request
+it answered) if there is one, or else takes a token from the player's bucket
+and marks the scan pending; it also returns the player's last position for the
+speed check. `finish()` stores the answer and
 the new position in one pipeline. Redis may lose any of it (allkeys-lru):
 Postgres's unique key still makes scans idempotent.
 
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 
 from libs.rediskit import AnyRedis, RedisContract
 from services.scan import keys
-from services.scan.model import Answer, Position
+from services.scan.model import Answer, Position, ScanInput
 
 #: DESIGN.md's Redis table: idempotency answers (24 h TTL), rate-limit buckets,
 #: last scan per player; allkeys-lru, no persistence.
@@ -60,14 +61,16 @@ return {0, '', last[1], last[2], last[3], last[4]}
 
 @dataclass(frozen=True)
 class Admission:
-    """What `admit` decided: `answer` set -> a copy was seen before (its answer,
-    or None while it is pending); `retry_after_ms` set -> rate limited;
-    neither -> this copy is the first and must be processed."""
+    """What `admit` decided: `seen` -> a copy was seen before (`answer` is its
+    answer, or None while it is pending; `fingerprint` that copy's request,
+    when stored); `retry_after_ms` set -> rate limited; neither -> this copy
+    is the first and must be processed."""
 
     seen: bool
     answer: Answer | None
     retry_after_ms: int | None
     last: Position | None
+    fingerprint: str | None = None
 
 
 def _position(fields: list) -> Position | None:
@@ -82,14 +85,16 @@ def _position(fields: list) -> Position | None:
     )
 
 
-def encode_answer(answer: Answer) -> str:
-    return json.dumps(answer.to_dict(), separators=(",", ":"))
+def encode_answer(answer: Answer, fingerprint: str) -> str:
+    return json.dumps({**answer.to_dict(), "fp": fingerprint}, separators=(",", ":"))
 
 
-def decode_answer(raw: str) -> Answer | None:
-    if raw == PENDING:
-        return None
-    return Answer.from_dict(json.loads(raw))
+def decode(raw: str) -> tuple[Answer | None, str | None]:
+    """(answer or None while pending, the request's fingerprint if stored)."""
+    if raw.startswith(PENDING):
+        return None, raw[len(PENDING) + 1 :] or None
+    data = json.loads(raw)
+    return Answer.from_dict(data), data.get("fp")
 
 
 class ScanCache:
@@ -111,38 +116,45 @@ class ScanCache:
         self._answer_ttl_s = answer_ttl_s
         self._last_ttl_ms = last_scan_ttl_s * 1000
 
-    async def admit(self, player_id: str, client_scan_id: str) -> Admission:
+    async def admit(self, scan: ScanInput) -> Admission:
         reply = await self._admit(
             keys=[
-                keys.idempotency(player_id, client_scan_id),
-                keys.rate(player_id),
-                keys.last_scan(player_id),
+                keys.idempotency(*scan.key),
+                keys.rate(scan.player_id),
+                keys.last_scan(scan.player_id),
             ],
-            args=[self._capacity, repr(self._per_ms), PENDING, self._pending_ttl_ms],
+            args=[
+                self._capacity,
+                repr(self._per_ms),
+                f"{PENDING}:{scan.fingerprint()}",
+                self._pending_ttl_ms,
+            ],
         )
         kind = int(reply[0])
         if kind == 2:
             return Admission(seen=False, answer=None, retry_after_ms=int(reply[1]), last=None)
         last = _position(list(reply[2:6]))
         if kind == 1:
+            answer, fingerprint = decode(reply[1])
             return Admission(
-                seen=True, answer=decode_answer(reply[1]), retry_after_ms=None, last=last
+                seen=True, answer=answer, retry_after_ms=None, last=last, fingerprint=fingerprint
             )
         return Admission(seen=False, answer=None, retry_after_ms=None, last=last)
 
     async def finish(
-        self, player_id: str, client_scan_id: str, answer: Answer | None, position: Position | None
+        self, scan: ScanInput, answer: Answer | None, position: Position | None
     ) -> None:
-        """Stores the answer (or forgets the pending marker when there is no
-        final answer yet) and the player's new position, in one round trip."""
-        idem = keys.idempotency(player_id, client_scan_id)
+        """Stores the answer with the request's fingerprint (or forgets the
+        pending marker when there is no final answer yet) and the player's new
+        position, in one round trip."""
+        idem = keys.idempotency(*scan.key)
         pipe = self._redis.pipeline(transaction=False)
         if answer is not None:
-            pipe.set(idem, encode_answer(answer), ex=self._answer_ttl_s)
+            pipe.set(idem, encode_answer(answer, scan.fingerprint()), ex=self._answer_ttl_s)
         else:
             pipe.delete(idem)
         if position is not None:
-            last = keys.last_scan(player_id)
+            last = keys.last_scan(scan.player_id)
             at_ms = int(position.at.timestamp() * 1000)
             pipe.hset(
                 last,
@@ -182,9 +194,7 @@ class ScanCache:
             delete.delete(keys.last_scan(player_id))
         return sum(await delete.execute())
 
-    async def answer_of(self, player_id: str, client_scan_id: str) -> tuple[bool, Answer | None]:
-        """(marker present, answer) for a copy waiting on another."""
-        raw = await self._redis.get(keys.idempotency(player_id, client_scan_id))
-        if raw is None:
-            return False, None
-        return True, decode_answer(raw)
+    async def pending(self, scan: ScanInput) -> bool:
+        """Whether a copy of the scan is marked (pending or answered), for a
+        copy waiting on another."""
+        return bool(await self._redis.exists(keys.idempotency(*scan.key)))

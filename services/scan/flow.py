@@ -2,12 +2,17 @@
 
 `ScanFlow.submit` runs for SubmitScan; `ScanFlow.drive` applies a recorded
 scan and is shared by SubmitScan and the relay, so a scan is decided the same
-way whoever drives it. Idempotency has three layers:
+way whoever drives it. Idempotency is by (player_id, hunt_id,
+client_scan_id), and has three layers:
   1. copies in this process share one task (so 100 concurrent copies cost one
      processing and get one answer);
   2. the admission script in Redis returns the stored answer of a copy seen
      before, or marks this copy pending (copies on other replicas wait);
-  3. Postgres's unique (player_id, client_scan_id) decides when Redis lost it.
+  3. Postgres's unique key decides when Redis lost it.
+At each layer a copy whose request differs from the first (another tag, place,
+accuracy or time under the same key) is refused with IDEMPOTENCY_KEY_REUSED,
+naming the first scan, and changes nothing: the first request's fingerprint is
+kept with its Redis answer, and its row in Postgres.
 Applying is a conditional update from 'received', and score's Unlock is
 idempotent by scan_id, so a scan driven twice is still applied once.
 
@@ -56,6 +61,18 @@ class RateLimited(errors.ResourceExhausted):
 
 class Overloaded(errors.Unavailable):
     reason = "SCAN_OVERLOADED"
+
+
+class KeyReused(errors.FailedPrecondition):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self, scan: ScanInput, first_scan_id: str) -> None:
+        super().__init__(
+            f"client_scan_id {scan.client_scan_id} of player {scan.player_id} in hunt "
+            f"{scan.hunt_id} was used for another scan ({first_scan_id}) with a different "
+            "tag, location, accuracy or scanned_at; use a new client_scan_id for a new scan",
+            metadata={"scan_id": first_scan_id},
+        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,7 @@ class ScanFlow:
         self._score = score
         self._tracer = tracer
         self._settings = settings
-        self._inflight: dict[tuple[str, str], asyncio.Task[Answer]] = {}
+        self._inflight: dict[tuple[str, str, str], tuple[ScanInput, asyncio.Task[Answer]]] = {}
         #: Answers being written to Redis after their call returned.
         self._remembering: set[asyncio.Task[None]] = set()
         self._outcomes = metrics.counter("scans_total", "Scans answered, by outcome.", ("outcome",))
@@ -132,9 +149,9 @@ class ScanFlow:
                 "tag.id": scan.tag_id,
             },
         ) as span:
-            key = (scan.player_id, scan.client_scan_id)
-            task = self._inflight.get(key)
-            if task is None:
+            key = scan.key
+            running = self._inflight.get(key)
+            if running is None:
                 if len(self._inflight) >= self._settings.max_in_flight:
                     self._shed.inc()
                     raise Overloaded(
@@ -142,9 +159,14 @@ class ScanFlow:
                     )
                 # Shielded: a caller that hangs up does not stop a scan half way.
                 task = asyncio.ensure_future(self._admit_and_process(scan, budget))
-                self._inflight[key] = task
+                self._inflight[key] = (scan, task)
                 task.add_done_callback(lambda t, k=key: self._settled(k, t))
-            answer = await asyncio.shield(task)
+                answer = await asyncio.shield(task)
+            else:
+                first, task = running
+                answer = await asyncio.shield(task)
+                if not first.same_request(scan):
+                    raise KeyReused(scan, answer.scan_id)
             span.set_attribute("scan.id", answer.scan_id)
             span.set_attribute(
                 "scan.outcome", answer.outcome.value if answer.outcome else "pending"
@@ -152,7 +174,7 @@ class ScanFlow:
             self._outcomes.labels(answer.outcome.value if answer.outcome else "pending").inc()
             return answer
 
-    def _settled(self, key: tuple[str, str], task: asyncio.Task[Answer]) -> None:
+    def _settled(self, key: tuple[str, str, str], task: asyncio.Task[Answer]) -> None:
         """A scan's task ended. Its callers may all have hung up: its error
         was answered to whoever waited, and is not reported again."""
         self._inflight.pop(key, None)
@@ -162,7 +184,7 @@ class ScanFlow:
     async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> Answer:
         try:
             async with asyncio.timeout(self._settings.redis_timeout_s):
-                admission = await self._cache.admit(scan.player_id, scan.client_scan_id)
+                admission = await self._cache.admit(scan)
         except (RedisError, OSError) as exc:  # TimeoutError is an OSError
             # Fail open: without Redis there is no rate limit; Postgres keeps scans idempotent.
             self._redis_errors.inc()
@@ -174,14 +196,21 @@ class ScanFlow:
                 retry_after_s=admission.retry_after_ms / 1000.0,
             )
         if admission.seen:
-            if admission.answer is not None and admission.answer.status is Status.APPLIED:
-                return admission.answer
+            answer = admission.answer
+            if answer is not None and admission.fingerprint is not None:
+                if admission.fingerprint != scan.fingerprint():
+                    raise KeyReused(scan, answer.scan_id)
+                if answer.status is Status.APPLIED:
+                    return answer
+            # Pending, not applied yet, or stored without a fingerprint:
+            # Postgres has the first request and its answer.
             return await self._await_existing(scan, budget)
         try:
             return await self._first(scan, admission.last, budget)
-        except errors.Unavailable:
-            # This copy gives up (the scan log is unreachable): drop its pending
-            # mark, or the client's retry would wait for it until the mark expires.
+        except (errors.Unavailable, KeyReused):
+            # This copy gives up (the scan log is unreachable, or holds another
+            # request under this key): drop its pending mark, or the client's
+            # retry would wait for it until the mark expires.
             await self._finish(scan, None, None)
             raise
 
@@ -213,7 +242,9 @@ class ScanFlow:
         wait = Budget.within(self._settings.wait_s) if budget.deadline is None else budget
         delay = 0.005
         while True:
-            record = await self._store.get_by_client_id(scan.player_id, scan.client_scan_id)
+            record = await self._store.get_by_key(*scan.key)
+            if record is not None and not record.input.same_request(scan):
+                raise KeyReused(scan, record.scan_id)
             if record is None:
                 if not await self._pending_marker(scan):
                     return await self._first(
@@ -239,8 +270,7 @@ class ScanFlow:
     async def _pending_marker(self, scan: ScanInput) -> bool:
         try:
             async with asyncio.timeout(self._settings.redis_timeout_s):
-                present, _ = await self._cache.answer_of(scan.player_id, scan.client_scan_id)
-            return present
+                return await self._cache.pending(scan)
         except (RedisError, OSError):
             self._redis_errors.inc()
             return False
@@ -296,7 +326,7 @@ class ScanFlow:
     ) -> None:
         try:
             async with asyncio.timeout(self._settings.redis_timeout_s):
-                await self._cache.finish(scan.player_id, scan.client_scan_id, answer, position)
+                await self._cache.finish(scan, answer, position)
         except (RedisError, OSError) as exc:
             self._redis_errors.inc()
             log.warning("scan redis unavailable when storing the answer: %s", exc)
@@ -347,6 +377,10 @@ class ScanFlow:
             )
 
         ends = check.hunt_ends_at
+        if check.tag_status is TagStatus.UNKNOWN_HUNT:
+            return Answer(
+                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.UNKNOWN_HUNT
+            ), ends
         if check.tag_status is not TagStatus.FOUND:
             return Answer(
                 scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.UNKNOWN_TAG
@@ -377,6 +411,17 @@ class ScanFlow:
         ), ends
 
     # -- reads -----------------------------------------------------------------
+
+    async def replay(self, scan: ScanInput, too_old: errors.InvalidArgument) -> Answer:
+        """A SubmitScan whose scanned_at is past the max scan age: the answer
+        of the scan recorded under its key if it is the same request (a late
+        retry), else `too_old` (a new scan that old is refused)."""
+        record = await self._store.get_by_key(*scan.key)
+        if record is None:
+            raise too_old
+        if not record.input.same_request(scan):
+            raise KeyReused(scan, record.scan_id)
+        return record.answer
 
     async def get(self, scan_id: str) -> ScanRecord:
         record = await self._store.get(scan_id)

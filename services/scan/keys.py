@@ -6,11 +6,13 @@ slot. Ids are validated (libs.validate) before they reach these functions."""
 from __future__ import annotations
 
 
-def idempotency(player_id: str, client_scan_id: str) -> str:
-    """`scan:idem:{p42}:c-91f3` -> the answer to (player, client_scan_id): a
-    short-lived "pending" marker while the first copy runs, then the answer
-    (JSON) for 24 h. Lost on eviction: the Postgres unique key still decides."""
-    return f"scan:idem:{{{player_id}}}:{client_scan_id}"
+def idempotency(player_id: str, hunt_id: str, client_scan_id: str) -> str:
+    """`scan:idem:{p42}:h7:c-91f3` -> the answer to (player, hunt,
+    client_scan_id): a short-lived "pending:<fingerprint>" marker while the
+    first copy runs, then the answer and the request's fingerprint (JSON) for
+    24 h. Lost on eviction: the Postgres unique key still decides. (Ids hold
+    no ':', so the parts cannot run into each other.)"""
+    return f"scan:idem:{{{player_id}}}:{hunt_id}:{client_scan_id}"
 
 
 def rate(player_id: str) -> str:

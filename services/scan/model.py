@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import os
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 
 class Outcome(enum.StrEnum):
@@ -17,6 +18,7 @@ class Outcome(enum.StrEnum):
     UNKNOWN_TAG = "unknown_tag"
     HUNT_NOT_ACTIVE = "hunt_not_active"
     IMPLAUSIBLE_SPEED = "implausible_speed"
+    UNKNOWN_HUNT = "unknown_hunt"
 
 
 class Status(enum.StrEnum):
@@ -53,6 +55,44 @@ class ScanInput:
     accuracy_m: float | None
     scanned_at: datetime
     client_scan_id: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The idempotency key: one player's scan ids are scoped to a hunt."""
+        return (self.player_id, self.hunt_id, self.client_scan_id)
+
+    def same_request(self, other: ScanInput) -> bool:
+        """Whether `other` (with the same key) asks for the same scan: same
+        tag, place, accuracy and time. A purged location is not compared (it
+        is gone): a replay that comes after the location's retention is
+        matched on its hunt, tag and time."""
+        if (self.hunt_id, self.tag_id, self.scanned_at) != (
+            other.hunt_id,
+            other.tag_id,
+            other.scanned_at,
+        ):
+            return False
+        if self.lat is None or other.lat is None:
+            return True
+        return (self.lat, self.lon, self.accuracy_m) == (other.lat, other.lon, other.accuracy_m)
+
+    def fingerprint(self) -> str:
+        """A short digest of what the scan asks (all but its key), stored with
+        its answer in Redis so that a repeat can be told from a reused key
+        without a Postgres read. Equal requests (`same_request`, location
+        kept) have equal fingerprints."""
+        at_us = (self.scanned_at - _EPOCH) // _US
+        raw = f"{self.hunt_id}|{self.tag_id}|{_num(self.lat)}|{_num(self.lon)}|{_num(self.accuracy_m)}|{at_us}"
+        return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _num(value: float | None) -> str:
+    # + 0.0 turns -0.0 into 0.0: they compare equal, so they must hash equal.
+    return "" if value is None else repr(value + 0.0)
 
 
 @dataclass(frozen=True)

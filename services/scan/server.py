@@ -9,6 +9,7 @@ import grpc
 from libs import paging, validate
 from libs.auth import PUBLIC
 from libs.deadlines import Budget
+from libs.errors import InvalidArgument
 from libs.server import Binding
 from libs.timestamps import timestamp
 from services.scan.flow import ScanFlow
@@ -30,6 +31,7 @@ _OUTCOME = {
     Outcome.UNKNOWN_TAG: scan_pb2.SCAN_OUTCOME_UNKNOWN_TAG,
     Outcome.HUNT_NOT_ACTIVE: scan_pb2.SCAN_OUTCOME_HUNT_NOT_ACTIVE,
     Outcome.IMPLAUSIBLE_SPEED: scan_pb2.SCAN_OUTCOME_IMPLAUSIBLE_SPEED,
+    Outcome.UNKNOWN_HUNT: scan_pb2.SCAN_OUTCOME_UNKNOWN_HUNT,
 }
 _STATUS = {
     Status.RECEIVED: scan_pb2.SCAN_STATUS_RECEIVED,
@@ -86,6 +88,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         lat, lon = validate.require_point(
             "location", request.location, request.HasField("location")
         )
+        now = datetime.now(UTC)
         scan = ScanInput(
             player_id=validate.require_id("player_id", request.player_id),
             hunt_id=validate.require_id("hunt_id", request.hunt_id),
@@ -99,14 +102,20 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                 "scanned_at",
                 request.scanned_at,
                 request.HasField("scanned_at"),
-                now=datetime.now(UTC),
+                now=now,
                 max_ahead=MAX_AHEAD,
-                max_age=self._max_age,
             ),
             client_scan_id=validate.require_id("client_scan_id", request.client_scan_id),
         )
-        answer = await self._flow.submit(scan, Budget.of(context))
-        return scan_pb2.SubmitScanResponse(**_answer_fields(answer))
+        if scan.scanned_at < now - self._max_age:
+            # Too old for a new scan, but a late retry of a recorded one gets its answer.
+            too_old = InvalidArgument(
+                "scanned_at", f"is older than {self._max_age.total_seconds():g}s"
+            )
+            answer = await self._flow.replay(scan, too_old)
+        else:
+            answer = await self._flow.submit(scan, Budget.of(context))
+        return scan_pb2.SubmitScanResponse(hunt_id=scan.hunt_id, **_answer_fields(answer))
 
     async def GetScan(self, request: scan_pb2.GetScanRequest, context: grpc.aio.ServicerContext):
         record = await self._flow.get(validate.require_id("scan_id", request.scan_id))

@@ -96,7 +96,8 @@ class ScanStore:
     async def insert(
         self, scan_id: str, scan: ScanInput, lease: timedelta, traceparent: str
     ) -> tuple[ScanRecord, Position | None] | None:
-        """Records a new scan; None when (player, client_scan_id) exists already.
+        """Records a new scan; None when its key (player, hunt, client_scan_id)
+        exists already.
         Also returns where the player's last plausible applied scan was (for
         the speed check), read in the same round trip: None when there is none
         or its location was purged."""
@@ -110,7 +111,7 @@ class ScanStore:
                     INSERT INTO scan.scans (scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon,
                         accuracy_m, scanned_at, next_attempt_at, traceparent, attempts)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + $10::interval, $11, 1)
-                    ON CONFLICT (player_id, client_scan_id) DO NOTHING
+                    ON CONFLICT (player_id, hunt_id, client_scan_id) DO NOTHING
                     RETURNING {_COLUMNS})
                 SELECT * FROM inserted LEFT JOIN previous ON true""",
             scan_id,
@@ -139,10 +140,15 @@ class ScanStore:
         return _record(row) if row is not None else None
 
     @unavailable_when_down("read the scan")
-    async def get_by_client_id(self, player_id: str, client_scan_id: str) -> ScanRecord | None:
+    async def get_by_key(
+        self, player_id: str, hunt_id: str, client_scan_id: str
+    ) -> ScanRecord | None:
+        """The scan recorded under an idempotency key, if any."""
         row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM scan.scans WHERE player_id = $1 AND client_scan_id = $2",
+            f"""SELECT {_COLUMNS} FROM scan.scans
+                WHERE player_id = $1 AND hunt_id = $2 AND client_scan_id = $3""",
             player_id,
+            hunt_id,
             client_scan_id,
         )
         return _record(row) if row is not None else None

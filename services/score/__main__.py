@@ -8,6 +8,7 @@ from pathlib import Path
 
 from libs import server as bootstrap
 from libs.telemetry import Telemetry
+from services.geo.client import HuntDirectory
 from services.leaderboard.client import LeaderboardClient
 from services.score.cache import CONTRACT, HotTier
 from services.score.config import ScoreConfig
@@ -59,7 +60,13 @@ async def running(
         )
         runtime.background("score-outbox-relay", relay.run)
         runtime.background("score-hot-tier-repair", hot.run_repairs)
-        servicer = ScoreServicer(store, hot, tracer, on_commit=relay.wake)
+        servicer = ScoreServicer(
+            store,
+            hot,
+            HuntDirectory(runtime.channel(config.geo_addr)),
+            tracer,
+            on_commit=relay.wake,
+        )
         await runtime.serve(binding(servicer))
         yield runtime
 

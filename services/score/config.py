@@ -15,6 +15,8 @@ class ScoreConfig:
     pg_dsn: str
     redis_url: str
     leaderboard_addr: str
+    #: Geo's catalog, asked whether the hunt of a player without a score exists.
+    geo_addr: str
     #: Postgres pool bounds (the hot path holds a connection for one statement).
     pg_pool_min: int = 2
     pg_pool_max: int = 16
@@ -49,6 +51,7 @@ class ScoreConfig:
             pg_dsn=env.str("SCORE_PG_DSN"),
             redis_url=env.str("SCORE_REDIS_URL"),
             leaderboard_addr=env.str("LEADERBOARD_SERVICE_ADDR"),
+            geo_addr=env.str("GEO_SERVICE_ADDR"),
             pg_pool_min=env.int("SCORE_PG_POOL_MIN", 2, min=1, max=100),
             pg_pool_max=env.int("SCORE_PG_POOL_MAX", 16, min=2, max=200),
             hot_tier_ttl_s=env.float("SCORE_HOT_TIER_TTL_S", 30.0, min=1, max=86400),

@@ -18,6 +18,7 @@ from libs.auth import INTERNAL, PUBLIC
 from libs.cache import SingleFlight
 from libs.server import Binding
 from libs.timestamps import timestamp
+from services.geo.model import MAX_POINTS, HuntNotFound, Hunts  # MAX_POINTS: geo's catalog bound
 from services.score.cache import HotTier
 from services.score.model import Progress, Score, UnlockedCheckpoint, UnlockKind
 from services.score.store import ScoreStore
@@ -31,7 +32,6 @@ ROLES = {
     "StreamScores": INTERNAL,
 }
 
-MAX_POINTS = 1_000_000
 STREAM_PAGE_DEFAULT = 1000
 STREAM_PAGE_MAX = 5000
 
@@ -47,11 +47,13 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
         self,
         store: ScoreStore,
         hot: HotTier,
+        hunts: Hunts,
         tracer: trace.Tracer,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._hot = hot
+        self._hunts = hunts
         self._tracer = tracer
         self._on_commit = on_commit
         self._score_loads: SingleFlight[tuple[str, str], Score] = SingleFlight()
@@ -120,6 +122,8 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             score = await self._score_loads.do(
                 (hunt_id, player_id), lambda: self._load_score(hunt_id, player_id)
             )
+        if score.checkpoints_found == 0:
+            await self._require_hunt(hunt_id)
         response = score_pb2.GetScoreResponse(
             total_points=score.total_points, checkpoints_found=score.checkpoints_found
         )
@@ -137,6 +141,8 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             progress = await self._progress_loads.do(
                 (hunt_id, player_id), lambda: self._load_progress(hunt_id, player_id)
             )
+        if progress.score.checkpoints_found == 0:
+            await self._require_hunt(hunt_id)
         response = score_pb2.GetProgressResponse(
             total_points=progress.score.total_points,
             checkpoints_found=progress.score.checkpoints_found,
@@ -168,6 +174,12 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
                 )
                 item.reached_at.FromDatetime(total.reached_at)
             yield response  # grpc flow control: the next page waits for this one
+
+    async def _require_hunt(self, hunt_id: str) -> None:
+        """A player with nothing found: NOT_FOUND when the hunt does not exist
+        (geo's catalog, cached; when geo cannot say, the zero score stands)."""
+        if await self._hunts.exists(hunt_id) is False:
+            raise HuntNotFound(hunt_id)
 
     async def _load_score(self, hunt_id: str, player_id: str) -> Score:
         score = await self._store.score(hunt_id, player_id)

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.conftest import RUN_DIR, dsn_for
 from tests.support import faults
+from tests.support.infra import RUN_DIR, dsn_for
 from tests.support.stack import Stack
 
 

@@ -36,10 +36,10 @@ import asyncpg
 import pytest
 
 from libs.localinfra import PrivatePostgres, free_port
-from tests.conftest import RUN_DIR, dsn_for
 from tests.support import faults
 from tests.support.faults import ScanLoad, account, board_converged, wait_drained
 from tests.support.hunts import create_hunt, spots
+from tests.support.infra import RUN_DIR, dsn_for
 from tests.support.stack import CLIENT, Stack
 from tools.verify import verify
 

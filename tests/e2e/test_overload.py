@@ -15,8 +15,9 @@ import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.e2e.test_scan_flow import request, unique
 from tests.support.hunts import create_hunt, spots
+from tests.support.polling import eventually
+from tests.support.scans import request, unique
 from tests.support.services import scrape_metrics
 from tests.support.stack import CLIENT, Stack
 from treasure.scan.v1 import scan_pb2
@@ -61,9 +62,12 @@ async def test_past_max_in_flight_a_new_scan_is_shed_and_a_copy_still_joins(
             asyncio.ensure_future(scan.SubmitScan(r, metadata=CLIENT, timeout=60))
             for r in held_requests
         ]
-        async with asyncio.timeout(10):  # all three recorded, each waiting on geo
-            while await _rows(db, players) < 3:  # noqa: ASYNC110 - polling Postgres, not an event
-                await asyncio.sleep(0.02)
+        await eventually(  # all three recorded, each waiting on geo
+            lambda: _rows(db, players),
+            until=lambda rows: rows == 3,
+            timeout_s=10,
+            what="the three held scans to be recorded",
+        )
         try:
             await scan.SubmitScan(late, metadata=CLIENT, timeout=2)
             raise AssertionError("a fourth scan in flight was accepted")

@@ -4,7 +4,6 @@ each, Postgres. A client that knows only the protos and a client token."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,7 +12,11 @@ from google.rpc import error_details_pb2, status_pb2
 
 from libs.timestamps import timestamp
 from tests.support.hunts import LISBON, Spot, create_hunt, offset, spots
+from tests.support.infra import flush
+from tests.support.polling import eventually
+from tests.support.scans import request, unique
 from tests.support.stack import CLIENT, Stack
+from tools.verify import verify
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2
@@ -23,24 +26,6 @@ from treasure.score.v1 import score_pb2
 STACK_ENV = {"SCAN_RATE_LIMIT": "8", "SCAN_RATE_WINDOW_S": "10", "SCAN_RELAY_INTERVAL_S": "0.2"}
 
 UNLOCKED = scan_pb2.SCAN_OUTCOME_UNLOCKED
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def request(player: str, hunt: str, spot: Spot, *, at: datetime, client_scan_id: str | None = None,
-            where: tuple[float, float] | None = None, accuracy: float = 5.0) -> scan_pb2.SubmitScanRequest:  # fmt: skip
-    lat, lon = where or (spot.lat, spot.lon)
-    return scan_pb2.SubmitScanRequest(
-        player_id=player,
-        hunt_id=hunt,
-        tag_id=spot.tag_id,
-        location=common_pb2.GeoPoint(lat=lat, lon=lon),
-        accuracy_m=accuracy,
-        scanned_at=timestamp(at),
-        client_scan_id=client_scan_id or unique("c"),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +66,26 @@ async def test_players_walk_the_hunt(stack: Stack, hunt):
     assert all(c.first_finder for c in progress.checkpoints)
 
     board = stack.leaderboard()
-    for _ in range(100):  # the outbox relay delivers within ~100 ms
+
+    async def ranked() -> list[tuple[int, str, int]] | None:
         try:
             top = await board.GetTop(
                 leaderboard_pb2.GetTopRequest(hunt_id=hunt_id, limit=10), metadata=CLIENT
             )
-            if [(e.player_id, e.total_points) for e in top.entries] == [
-                (alice, alice_total),
-                (bob, bob_total),
-            ]:
-                break
         except grpc.aio.AioRpcError as err:
-            assert (
-                err.code() == grpc.StatusCode.UNAVAILABLE
-            )  # a board being built, never a partial one
-        await asyncio.sleep(0.05)
-    assert [(e.rank, e.player_id, e.total_points) for e in top.entries] == [
-        (1, alice, alice_total),
-        (2, bob, bob_total),
-    ]
+            # a board being built, never a partial one
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            return None
+        return [(e.rank, e.player_id, e.total_points) for e in top.entries]
+
+    expected = [(1, alice, alice_total), (2, bob, bob_total)]
+    await eventually(  # the outbox relay delivers within ~100 ms
+        ranked,
+        until=lambda ranks: ranks == expected,
+        timeout_s=10,
+        interval_s=0.05,
+        what=f"the leaderboard to rank {expected}",
+    )
 
 
 async def test_each_outcome(stack: Stack, hunt):
@@ -268,9 +254,6 @@ async def test_list_player_scans_pages_newest_first(stack: Stack, hunt):
 async def test_a_flushed_leaderboard_comes_back_equal_to_postgres(
     stack: Stack, hunt, db, stack_dsn
 ):
-    from tests.conftest import flush
-    from tools.verify import verify
-
     hunt_id, cps = hunt
     scan = stack.scan()
     base = datetime.now(UTC) - timedelta(minutes=7)
@@ -287,18 +270,11 @@ async def test_a_flushed_leaderboard_comes_back_equal_to_postgres(
     await flush(stack.redis["leaderboard"].url)
 
     board = stack.leaderboard()
-    seen_unavailable = False
-    for _ in range(200):
-        try:
-            top = await board.GetTop(
-                leaderboard_pb2.GetTopRequest(hunt_id=hunt_id, limit=1000), metadata=CLIENT
-            )
-            break
-        except grpc.aio.AioRpcError as err:
-            assert err.code() == grpc.StatusCode.UNAVAILABLE  # never a partial board
-            seen_unavailable = True
-            await asyncio.sleep(0.05)
-    assert seen_unavailable
+    # The first read after the flush rebuilds the board within its deadline:
+    # it answers the whole board at once, never a partial one nor UNAVAILABLE.
+    top = await board.GetTop(
+        leaderboard_pb2.GetTopRequest(hunt_id=hunt_id, limit=1000), metadata=CLIENT, timeout=5
+    )
     assert {e.player_id: e.total_points for e in top.entries} == truth
     ranks = [(e.total_points, e.reached_at.ToDatetime()) for e in top.entries]
     assert [r[0] for r in ranks] == sorted((r[0] for r in ranks), reverse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -15,11 +14,12 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from tests.conftest import cluster_mode
-from tests.e2e.test_scan_flow import request
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN
 from tests.support.hunts import create_hunt, spots
+from tests.support.infra import RUN_DIR, cluster_mode
 from tests.support.otlp import Receiver
+from tests.support.polling import eventually
+from tests.support.scans import request
 from tests.support.services import scrape_metrics
 from tests.support.stack import CLIENT, Stack
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
@@ -34,8 +34,6 @@ async def receiver():
 
 @pytest.fixture(scope="module")
 async def stack(stack_dsn, receiver, request):
-    from tests.conftest import RUN_DIR
-
     running = Stack(
         RUN_DIR / f"e2e-tracing-{uuid.uuid4().hex[:6]}",
         stack_dsn,
@@ -57,12 +55,12 @@ def _is_redis_span(span) -> bool:
 
 
 async def _wait_for(receiver: Receiver, predicate, timeout_s: float = 15.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate(receiver.spans):
-        assert time.monotonic() < deadline, (
-            f"spans never arrived: {[s['name'] for s in receiver.spans]}"
-        )
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: predicate(receiver.spans),
+        timeout_s=timeout_s,
+        interval_s=0.1,
+        what=lambda: f"the spans (received: {[s['name'] for s in receiver.spans]})",
+    )
 
 
 async def test_one_scan_is_one_trace_across_four_services(stack: Stack, receiver: Receiver):

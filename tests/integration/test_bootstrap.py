@@ -14,35 +14,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.config import Env, ServiceSettings
-from libs.errors import InvalidArgument
 from libs.logs import JsonFormatter
 from libs.server import Binding, Runtime
 from services.geo.server import ROLES
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer, service_env
+from tests.support.fakes import FakeGeo
 from tests.support.services import spawn, wait_serving
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
-
-
-class FakeGeo(geo_pb2_grpc.GeoServiceServicer):
-    """Only the transport is under test here; the real geo has its own tests."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    async def CheckIn(self, request, context):
-        return geo_pb2.CheckInResponse(distance_m=1.0)
-
-    async def GetHunt(self, request, context):  # a slow call, for shutdown
-        self.entered.set()
-        await self.release.wait()
-        return geo_pb2.GetHuntResponse(hunt=geo_pb2.Hunt(hunt_id=request.hunt_id))
-
-    async def CreateHunt(self, request, context):
-        raise InvalidArgument("hunt.name", "is required")
-
-    async def ListHunts(self, request, context):
-        raise RuntimeError(f"boom with {CLIENT_TOKEN} inside")
 
 
 def settings() -> ServiceSettings:

@@ -250,6 +250,11 @@ CHECKPOINT_RULES = [
     ({"radius_m": 1000.5}, "checkpoint.radius_m"),
     ({"points": -1}, "checkpoint.points"),
     ({"first_finder_bonus": -1}, "checkpoint.first_finder_bonus"),
+    # More than score's Unlock accepts: such a scan could never be applied.
+    ({"points": 1_000_001}, "checkpoint.points"),
+    ({"first_finder_bonus": 1_000_001}, "checkpoint.first_finder_bonus"),
+    # Off the hunt's tile grid (a Porto checkpoint in a Lisbon hunt).
+    ({"lat": 41.1406, "lon": -8.6132}, "checkpoint.location"),
 ]
 
 
@@ -266,6 +271,10 @@ async def test_checkpoint_rules(geo):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await geo.admin.UpsertCheckpoint(geo_pb2.UpsertCheckpointRequest(checkpoint=message))
     assert _violation(err.value) == "checkpoint.location"
+    listed = await geo.client.ListCheckpoints(
+        geo_pb2.ListCheckpointsRequest(hunt_id="h1", include_inactive=True)
+    )
+    assert list(listed.checkpoints) == []  # nothing refused was written
 
 
 async def test_update_mask_rules(geo):

@@ -7,12 +7,11 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-import redis.asyncio as aioredis
 
-from libs import rediskit
 from libs.geometry import distance_m
 from services.geo.client import HuntStatus, TagStatus
 from tests.support.geo import ORIGIN, create_hunt, geo_service, point, upsert_checkpoint
+from tests.support.infra import flush
 from treasure.geo.v1 import geo_pb2
 
 #: L1 time to live of the replicas whose L1 expiry a test waits for.
@@ -28,17 +27,6 @@ async def geo(pg_dsn, redis_urls):
 def replica(pg_dsn: str, redis_urls: dict[str, str], **settings: str):
     """Another geo process on the same Postgres and Redis, with a fresh L1."""
     return geo_service(pg_dsn, redis_urls["geo"], **settings)
-
-
-async def _flush(url: str) -> None:
-    client = rediskit.connect(url)
-    try:
-        if isinstance(client, aioredis.RedisCluster):
-            await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
-        else:
-            await client.flushall()
-    finally:
-        await client.aclose()
 
 
 async def _l1_expires() -> None:
@@ -61,7 +49,7 @@ async def check_in(geo, tag_id="t1", *, hunt_id="h1", player_id="p1", at=None, *
 async def test_tag_resolution_through_each_tier(pg_dsn, redis_urls, geo):
     await create_hunt(geo, "h1")
     await upsert_checkpoint(geo, "c1", tag_id="t1", points=10, first_finder_bonus=5)
-    await _flush(redis_urls["geo"])
+    await flush(redis_urls["geo"])
     async with replica(pg_dsn, redis_urls, GEO_L1_TTL_S=str(L1_TTL_S)) as fresh:
         # Nothing cached: Postgres answers (one query for the tag and its hunt).
         first = await check_in(fresh)
@@ -80,7 +68,7 @@ async def test_tag_resolution_through_each_tier(pg_dsn, redis_urls, geo):
         assert fresh.cache_count("tag", "redis", "hit") == 1 and fresh.queries("tag") == 1
 
         # Redis flushed: still correct, from Postgres again.
-        await _flush(redis_urls["geo"])
+        await flush(redis_urls["geo"])
         await _l1_expires()
         assert await check_in(fresh) == first
         assert fresh.queries("tag") == 2
@@ -89,7 +77,7 @@ async def test_tag_resolution_through_each_tier(pg_dsn, redis_urls, geo):
 async def test_a_burst_for_one_uncached_tag_makes_one_query(pg_dsn, redis_urls, geo):
     await create_hunt(geo, "h1")
     await upsert_checkpoint(geo, "c1", tag_id="t1")
-    await _flush(redis_urls["geo"])
+    await flush(redis_urls["geo"])
     async with replica(pg_dsn, redis_urls) as fresh:
         results = await asyncio.gather(*(check_in(fresh, player_id=f"p{i}") for i in range(100)))
         assert {r.tag_status for r in results} == {TagStatus.FOUND}
@@ -117,6 +105,22 @@ async def test_unknown_foreign_and_inactive_tags(geo):
     inactive = await check_in(geo, "t1")
     assert inactive.tag_status is TagStatus.INACTIVE
     assert inactive.checkpoint_id == "c1" and inactive.hunt_status is HuntStatus.PUBLISHED
+
+
+async def test_a_hunt_that_does_not_exist_is_told_from_an_unknown_tag(geo):
+    await create_hunt(geo, "h1")
+    await upsert_checkpoint(geo, "c1", tag_id="t1")
+    for tag in ("t1", "no-such-tag"):  # a real tag, or none: the hunt decides first
+        for _ in range(2):  # the second answer comes from the caches
+            ghost = await check_in(geo, tag, hunt_id="no-such-hunt")
+            assert ghost.tag_status is TagStatus.UNKNOWN_HUNT
+            assert (ghost.checkpoint_id, ghost.points, ghost.hunt_status) == ("", 0, None)
+    assert (await check_in(geo, "no-such-tag")).tag_status is TagStatus.UNKNOWN
+    # A hunt created afterwards is found at once: CreateHunt replaces the cached absence.
+    await create_hunt(geo, "no-such-hunt")
+    assert (await check_in(geo, "no-such-tag", hunt_id="no-such-hunt")).tag_status is (
+        TagStatus.UNKNOWN
+    )
 
 
 async def test_catalog_writes_reach_check_in(geo):
@@ -174,15 +178,21 @@ async def test_distance_edge_cases(geo):
     assert (await check_in(geo, "t1", accuracy_m=7.5)).allowed_m == pytest.approx(exact + 7.5)
 
     # Across the antimeridian: 0.0002 degrees of longitude at the equator, not 360.
-    await upsert_checkpoint(geo, "c2", tag_id="t2", lat=0.0, lon=179.9999, radius_m=25)
-    across = await check_in(geo, "t2", lat=0.0, lon=-179.9999)
+    await create_hunt(geo, "h-180", origin=(-0.01, 179.99), tile_size_m=1000, columns=5, rows=5)
+    await upsert_checkpoint(
+        geo, "c2", hunt_id="h-180", tag_id="t2", lat=0.0, lon=179.9999, radius_m=25
+    )
+    across = await check_in(geo, "t2", hunt_id="h-180", lat=0.0, lon=-179.9999)
     assert across.distance_m == pytest.approx(22.239, abs=0.01) and across.in_range
 
     # Near the pole: the two points face each other across it.
-    await upsert_checkpoint(geo, "c3", tag_id="t3", lat=89.9999, lon=0.0, radius_m=25)
-    polar = await check_in(geo, "t3", lat=89.9999, lon=180.0)
+    await create_hunt(geo, "h-pole", origin=(89.99, -0.5), tile_size_m=1000, columns=5, rows=5)
+    await upsert_checkpoint(
+        geo, "c3", hunt_id="h-pole", tag_id="t3", lat=89.9999, lon=0.0, radius_m=25
+    )
+    polar = await check_in(geo, "t3", hunt_id="h-pole", lat=89.9999, lon=180.0)
     assert polar.distance_m == pytest.approx(22.239, abs=0.01) and polar.in_range
-    far = await check_in(geo, "t3", lat=89.9990, lon=90.0)
+    far = await check_in(geo, "t3", hunt_id="h-pole", lat=89.9990, lon=90.0)
     assert (
         far.distance_m == pytest.approx(distance_m(89.9999, 0.0, 89.9990, 90.0), rel=1e-9)
         and not far.in_range

@@ -185,7 +185,7 @@ async def test_nearby_checkpoints(geo, redis_urls):
 
 async def test_nearby_checkpoints_near_a_pole(geo):
     # Redis GEO cannot index latitudes above 85.05; such checkpoints are still found.
-    await create_hunt(geo, "arctic")
+    await create_hunt(geo, "arctic", origin=(79.9, -1.0), tile_size_m=10_000, columns=20, rows=120)
     await upsert_checkpoint(geo, "pole", hunt_id="arctic", tag_id="tp", lat=89.9999, lon=0.0)
     await upsert_checkpoint(geo, "low", hunt_id="arctic", tag_id="tl", lat=80.0, lon=0.0)
     found = await nearby_checkpoints(geo, 100, hunt_id="arctic", center=(89.9999, 180.0))

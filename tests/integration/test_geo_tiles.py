@@ -4,12 +4,15 @@ the advisory lock, and reads that a refresh never blocks."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC
 
 import asyncpg
 import grpc
 import pytest
 
 from tests.support.geo import create_hunt, geo_service, status_of
+from tests.support.polling import eventually
 from treasure.geo.v1 import geo_pb2
 
 
@@ -63,8 +66,12 @@ async def test_a_tile_is_visible_after_a_refresh(geo):
 
     assert await status_of(get_tile(geo, x=5, y=5)) == grpc.StatusCode.NOT_FOUND
     assert await status_of(get_tile(geo, hunt_id="nope")) == grpc.StatusCode.NOT_FOUND
+    # The gauge is the time since the newest refresh this geo saw: the second one.
+    refreshed = second.refreshed_at.ToDatetime(tzinfo=UTC).timestamp()
+    at_least = time.time() - refreshed
     age = geo.runtime.metrics.registry.get_sample_value("geo_tile_view_age_seconds")
-    assert age is not None and age >= 0
+    at_most = time.time() - refreshed
+    assert age is not None and at_least - 0.001 <= age <= at_most + 0.001, (at_least, age)
 
 
 async def test_tiles_are_cached_in_process_only_when_small(pg_dsn, redis_urls):
@@ -110,15 +117,16 @@ async def _until_refresh_waits_for_a_lock(dsn: str) -> None:
 
 
 async def _poll_activity(connection: asyncpg.Connection) -> None:
-    for _ in range(3000):
-        if await connection.fetchval(
+    await eventually(
+        lambda: connection.fetchval(
             """SELECT count(*) FROM pg_stat_activity
                WHERE query LIKE 'REFRESH MATERIALIZED VIEW CONCURRENTLY%'
                  AND wait_event_type = 'Lock' AND datname = current_database()"""
-        ):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the refresh never reached its REFRESH statement")
+        ),
+        timeout_s=30,
+        interval_s=0.01,
+        what="the refresh to reach its REFRESH statement",
+    )
 
 
 async def test_get_tile_is_not_blocked_by_a_refresh_of_a_large_view(geo, pg_dsn):

@@ -25,7 +25,7 @@ from services.geo import keys as geo_keys
 from services.leaderboard import keys as lb_keys
 from services.scan import keys as scan_keys
 from services.score import keys as score_keys
-from tests.conftest import REPO, RUN_DIR, SERVICES, cluster_mode, flush
+from tests.support.infra import REPO, RUN_DIR, SERVICES, cluster_mode, flush
 
 HUNT = "lisbon-festival"
 PLAYERS = [f"player-{i:05d}" for i in range(10_000)]
@@ -34,7 +34,7 @@ MAX_SHARE = 0.40
 #: Every per-player key of each service, for one player of HUNT.
 PER_PLAYER: dict[str, Callable[[str], list[str]]] = {
     "scan": lambda p: [
-        scan_keys.idempotency(p, "c-91f3"),
+        scan_keys.idempotency(p, HUNT, "c-91f3"),
         scan_keys.rate(p),
         scan_keys.last_scan(p),
     ],

@@ -3,7 +3,6 @@ submits, paging, GetRank/GetAround, the score encoding as stored, errors."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import grpc
@@ -12,6 +11,7 @@ import pytest
 from libs import rediskit
 from services.leaderboard import keys
 from services.leaderboard.rebuild import now_ms
+from tests.support.catalog import FakeCatalog
 from tests.support.leaderboard import (
     FakeScores,
     expected,
@@ -24,6 +24,7 @@ from tests.support.leaderboard import (
     update,
     whole_board,
 )
+from tests.support.polling import eventually
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
 HUNT = "h1"
@@ -281,23 +282,81 @@ async def test_bad_requests_and_roles(lb):
     assert (await stub.SubmitScores(request, metadata=lb.service)).applied == 1
 
 
-async def test_a_missing_board_answers_unavailable_with_a_retry_hint(lb, scores):
+async def test_a_missing_board_is_built_within_the_read(lb, scores):
     fake, _ = scores
     fake.put("cold", "p1", 3, now_ms(), 1)
+    before = fake.streams  # the fixture built two boards
+    reply = await lb.stub.GetRank(
+        pb.GetRankRequest(hunt_id="cold", player_id="p1"), metadata=lb.client, timeout=5
+    )
+    assert (reply.rank, reply.total_points, reply.player_count) == (1, 3, 1)
+    # A hunt nobody scored in gets an empty board on the first read.
+    top = await lb.stub.GetTop(pb.GetTopRequest(hunt_id="quiet"), metadata=lb.client, timeout=5)
+    assert (list(top.entries), top.player_count) == ([], 0)
+    assert fake.streams == before + 2
+
+
+async def test_a_board_that_cannot_be_built_in_time_is_unavailable_with_a_retry_hint(lb, scores):
+    fake, _ = scores
+    fake.put("slow", "p1", 3, now_ms(), 1)
+    before = fake.streams
+    fake.page_delay_s = 2.5  # longer than the read may wait
     err = await status_of(
-        lb.stub.GetRank(pb.GetRankRequest(hunt_id="cold", player_id="p1"), metadata=lb.client)
+        lb.stub.GetRank(
+            pb.GetRankRequest(hunt_id="slow", player_id="p1"), metadata=lb.client, timeout=1.5
+        )
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     info = retry_info(err)
     assert info is not None and info.retry_delay.ToMilliseconds() > 0
-    # the read started a rebuild; the board comes back complete
-    for _ in range(500):
+
+    async def rank() -> pb.GetRankResponse | None:
         try:
-            reply = await lb.stub.GetRank(
-                pb.GetRankRequest(hunt_id="cold", player_id="p1"), metadata=lb.client
+            return await lb.stub.GetRank(
+                pb.GetRankRequest(hunt_id="slow", player_id="p1"), metadata=lb.client, timeout=0.5
             )
-            break
         except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE
-            await asyncio.sleep(0.02)
+            assert exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ), exc
+            return None
+
+    # The rebuild went on after the read gave up; the board comes back complete.
+    reply = await eventually(rank, until=lambda r: r is not None, what="the rebuilt board")
     assert (reply.rank, reply.total_points, reply.player_count) == (1, 3, 1)
+    assert fake.streams == before + 1  # one rebuild, shared by every read that waited
+
+    fake.down = True  # a board that cannot be built at all
+    err = await status_of(
+        lb.stub.GetTop(pb.GetTopRequest(hunt_id="broken"), metadata=lb.client, timeout=5)
+    )
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err) is not None
+
+
+async def test_reads_of_a_hunt_not_in_the_catalog_are_not_found(redis_urls, scores):
+    fake, address = scores
+    catalog = FakeCatalog(hunts={"real"})
+    async with leaderboard(redis_urls["leaderboard"], address, catalog=catalog) as board:
+        for _ in range(3):
+            for call in (
+                board.stub.GetTop(pb.GetTopRequest(hunt_id="ghost"), metadata=board.client),
+                board.stub.GetRank(
+                    pb.GetRankRequest(hunt_id="ghost", player_id="p1"), metadata=board.client
+                ),
+                board.stub.GetAround(
+                    pb.GetAroundRequest(hunt_id="ghost", player_id="p1"), metadata=board.client
+                ),
+            ):
+                err = await status_of(call)
+                assert err.code() == grpc.StatusCode.NOT_FOUND
+                assert "ghost" in err.details()
+        assert catalog.asked == 1  # the answer is cached
+        assert fake.streams == 0  # nothing was rebuilt for it
+        top = await board.stub.GetTop(pb.GetTopRequest(hunt_id="real"), metadata=board.client)
+        assert top.player_count == 0
+    client = rediskit.connect(redis_urls["leaderboard"])
+    try:
+        assert [k async for k in client.scan_iter(match="*ghost*")] == []
+    finally:
+        await client.aclose()

@@ -14,12 +14,12 @@ from services.leaderboard.rebuild import now_ms
 from tests.support.leaderboard import (
     FakeScores,
     Stubs,
-    eventually,
     leaderboard,
     serve_scores,
     status_of,
     update,
 )
+from tests.support.polling import eventually
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
 HUNT = "hw"
@@ -155,23 +155,17 @@ async def test_a_stalled_watcher_does_not_delay_another(redis_urls, scores):
         active.cancel()
 
 
-async def test_watching_a_missing_board_is_unavailable_until_rebuilt(lb, scores):
+async def test_watching_a_missing_board_builds_it_first(lb, scores):
     fake, _ = scores
     fake.put("cold", "p1", 7, now_ms(), 1)
+    call = lb.stub.WatchTop(pb.WatchTopRequest(hunt_id="cold"), metadata=lb.client)
+    try:
+        assert top(await call.read()) == [("p1", 7)]
+    finally:
+        call.cancel()
+    # A board that cannot be built (score is down) is UNAVAILABLE with a retry hint.
+    fake.down = True
     err = await status_of(
-        lb.stub.WatchTop(pb.WatchTopRequest(hunt_id="cold"), metadata=lb.client).read()
+        lb.stub.WatchTop(pb.WatchTopRequest(hunt_id="unbuildable"), metadata=lb.client).read()
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-
-    async def watchable() -> bool:
-        call = lb.stub.WatchTop(pb.WatchTopRequest(hunt_id="cold"), metadata=lb.client)
-        try:
-            message = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE
-            return False
-        finally:
-            call.cancel()
-        return top(message) == [("p1", 7)]
-
-    await eventually(watchable, what="the rebuilt board to be watchable")

@@ -25,6 +25,7 @@ from services.scan.purge import LocationPurge
 from services.scan.store import PURGE_DUE, ScanStore
 from tests.support.env import CLIENT_TOKEN, bearer
 from tests.support.geo import ORIGIN, create_hunt, geo_service, upsert_checkpoint
+from tests.support.polling import eventually
 from tests.support.score import LeaderboardDouble, score_service
 from tests.support.services import in_process
 from treasure.common.v1 import common_pb2
@@ -175,19 +176,21 @@ async def test_the_last_position_in_redis_never_outlives_the_retention(pool, red
     # As wired by the composition root: the TTL is capped at the retention and
     # counted from the scan, so an old position expires at once.
     capped = scan_cache(redis, int(RETENTION.total_seconds()))
-    await capped.finish("p-late", "c1", None, Position(38.7, -9.1, 5.0, old_at))
+    await capped.finish(scan("p-late", "h1", "c1"), None, Position(38.7, -9.1, 5.0, old_at))
     assert await redis.exists(keys.last_scan("p-late")) == 0
-    await capped.finish("p-now", "c1", None, Position(38.7, -9.1, 5.0, NOW))
+    await capped.finish(scan("p-now", "h1", "c1"), None, Position(38.7, -9.1, 5.0, NOW))
     assert 0 < await redis.pttl(keys.last_scan("p-now")) <= RETENTION.total_seconds() * 1000
 
     # Keys written while the retention was longer are deleted by the purge,
     # for the players whose rows it purged, when they are older than the retention.
     before = scan_cache(redis, 30 * 86400)
     await applied(store, "p-gone", "h-old", "c1", NOW - RETENTION - timedelta(hours=1))
-    await before.finish("p-gone", "c1", None, Position(38.7, -9.1, 5.0, old_at))
+    await before.finish(scan("p-gone", "h1", "c1"), None, Position(38.7, -9.1, 5.0, old_at))
     await applied(store, "p-back", "h-old", "c1", NOW - RETENTION - timedelta(hours=1))
-    await before.finish("p-back", "c2", None, Position(38.7, -9.1, 5.0, NOW))  # plays again
-    await before.finish("p-other", "c1", None, Position(38.7, -9.1, 5.0, old_at))
+    await before.finish(
+        scan("p-back", "h1", "c2"), None, Position(38.7, -9.1, 5.0, NOW)
+    )  # plays again
+    await before.finish(scan("p-other", "h1", "c1"), None, Position(38.7, -9.1, 5.0, old_at))
 
     purge, metrics = purger(pool, redis)
     assert await purge.run_once() == 2
@@ -340,15 +343,20 @@ async def test_a_scan_that_lost_its_location_before_it_was_applied_is_settled(
     purge, _ = purger(pool, redis)
     assert await purge.run_once() == 1
     async with scan_stack(pg_dsn, redis_urls) as stub:
-        async with asyncio.timeout(20):  # hang guard: the relay drives it within its interval
-            while True:
-                got = (
-                    await stub.GetScan(
-                        scan_pb2.GetScanRequest(scan_id=scan_id), metadata=CLIENT, timeout=10
-                    )
-                ).scan
-                if got.status == scan_pb2.SCAN_STATUS_APPLIED:
-                    break
-                await asyncio.sleep(0.05)
+
+        async def scan_now() -> scan_pb2.Scan:
+            return (
+                await stub.GetScan(
+                    scan_pb2.GetScanRequest(scan_id=scan_id), metadata=CLIENT, timeout=10
+                )
+            ).scan
+
+        got = await eventually(  # the relay drives it within its interval
+            scan_now,
+            until=lambda current: current.status == scan_pb2.SCAN_STATUS_APPLIED,
+            timeout_s=20,
+            interval_s=0.05,
+            what="the relay to apply the scan that lost its location",
+        )
     assert got.outcome == scan_pb2.SCAN_OUTCOME_HUNT_NOT_ACTIVE and got.points_awarded == 0
     assert not got.HasField("location")

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from libs import errors, pg
+from tests.support.polling import eventually
 
 
 class Store:
@@ -39,12 +40,17 @@ async def test_a_cut_connection_is_unavailable_and_the_next_call_recovers(pg_dsn
         # ends it under the statement. (An idle one may be replaced by the pool
         # before the next call, which then simply succeeds.)
         waiting = asyncio.ensure_future(store.slow_answer())
-        while not await admin.fetchval(  # noqa: ASYNC110 - polling Postgres, not an event
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)' "
-            "AND state = 'active' AND pid <> pg_backend_pid()"
-        ):
+
+        async def running() -> int:
             assert not waiting.done(), waiting.result()  # it must still be running
-            await asyncio.sleep(0.01)
+            return await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)' "
+                "AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+
+        await eventually(
+            running, timeout_s=10, interval_s=0.01, what="the slow statement to be running"
+        )
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"

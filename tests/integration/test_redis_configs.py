@@ -16,8 +16,8 @@ from services.geo.cache import CONTRACT as GEO
 from services.leaderboard.cache import CONTRACT as LEADERBOARD
 from services.scan.cache import CONTRACT as SCAN
 from services.score.cache import CONTRACT as SCORE
-from tests.conftest import REPO
 from tests.support.env import service_env
+from tests.support.infra import REPO
 
 # DESIGN.md, "Redis: one per service": the policy of each.
 DESIGN_POLICY = {

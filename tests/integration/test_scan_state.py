@@ -16,8 +16,10 @@ from services.scan.store import ScanStore
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def scan(client_scan_id: str = "c1", player: str = "p1") -> ScanInput:
-    return ScanInput(player, "h1", "t1", 38.7, -9.1, 5.0, NOW, client_scan_id)
+def scan(
+    client_scan_id: str = "c1", player: str = "p1", hunt: str = "h1", tag: str = "t1"
+) -> ScanInput:
+    return ScanInput(player, hunt, tag, 38.7, -9.1, 5.0, NOW, client_scan_id)
 
 
 @pytest.fixture
@@ -35,31 +37,44 @@ async def store(pg_dsn):
 
 
 async def test_admission_takes_tokens_then_refuses_with_a_delay(cache):
-    admitted = [await cache.admit("p1", f"c{i}") for i in range(3)]
+    admitted = [await cache.admit(scan(f"c{i}")) for i in range(3)]
     assert all(not a.seen and a.retry_after_ms is None for a in admitted)
-    refused = await cache.admit("p1", "c9")
+    refused = await cache.admit(scan("c9", hunt="h2"))  # one bucket per player, all hunts
     assert refused.retry_after_ms is not None and 0 < refused.retry_after_ms <= 10_000
-    assert (await cache.admit("p2", "c1")).retry_after_ms is None  # buckets are per player
+    assert (await cache.admit(scan("c1", "p2"))).retry_after_ms is None  # buckets are per player
 
 
 async def test_a_seen_copy_costs_no_token_and_gets_the_answer(cache):
-    await cache.admit("p1", "c1")
-    pending = await cache.admit("p1", "c1")
+    await cache.admit(scan())
+    pending = await cache.admit(scan())
     assert pending.seen and pending.answer is None
+    assert pending.fingerprint == scan().fingerprint()  # the pending copy's request
     answer = Answer("s1", Status.APPLIED, Outcome.UNLOCKED, 10, 10, "cp", "Tower", True)
-    await cache.finish("p1", "c1", answer, Position(38.7, -9.1, 5.0, NOW))
+    await cache.finish(scan(), answer, Position(38.7, -9.1, 5.0, NOW))
     for _ in range(5):
-        again = await cache.admit("p1", "c1")
+        again = await cache.admit(scan())
         assert again.seen and again.answer == answer
+        assert again.fingerprint == scan().fingerprint()
     assert again.last == Position(38.7, -9.1, 5.0, NOW)
-    assert (await cache.admit("p1", "c2")).retry_after_ms is None  # only 1 of 3 tokens was used
+    # The same key with another tag sees the first request's fingerprint; in
+    # another hunt it is another key.
+    reused = await cache.admit(scan(tag="t2"))
+    assert reused.seen and reused.fingerprint != scan(tag="t2").fingerprint()
+    other_hunt = await cache.admit(scan(hunt="h2"))
+    assert not other_hunt.seen and other_hunt.retry_after_ms is None  # 2 of 3 tokens used
 
 
-async def test_insert_is_unique_per_player_and_client_scan_id(store):
+async def test_insert_is_unique_per_player_hunt_and_client_scan_id(store):
     first, previous = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
     assert first.answer.status is Status.RECEIVED and previous is None
     assert await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "") is None
-    assert (await store.get_by_client_id("p1", "c1")).scan_id == first.scan_id
+    assert await store.insert(new_scan_id(), scan(tag="t2"), timedelta(seconds=10), "") is None
+    assert (await store.get_by_key("p1", "h1", "c1")).scan_id == first.scan_id
+    # The same client_scan_id in another hunt is another scan.
+    other, _ = await store.insert(new_scan_id(), scan(hunt="h2"), timedelta(seconds=10), "")
+    assert other.scan_id != first.scan_id
+    assert (await store.get_by_key("p1", "h2", "c1")).scan_id == other.scan_id
+    assert await store.get_by_key("p1", "h3", "c1") is None
 
 
 async def test_apply_is_once_and_the_first_answer_wins(store):
@@ -69,8 +84,10 @@ async def test_apply_is_once_and_the_first_answer_wins(store):
         record.scan_id, Status.APPLIED, Outcome.ALREADY_UNLOCKED, 0, 10, "cp", "Tower", False
     )
     results = await asyncio.gather(store.apply(one), store.apply(two))
+    # Both drivers get the answer that won, and it is the one stored.
     assert results[0].answer == results[1].answer
-    assert (await store.get(record.scan_id)).answer in (one, two)
+    assert results[0].answer in (one, two)
+    assert (await store.get(record.scan_id)).answer == results[0].answer
 
 
 async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store):

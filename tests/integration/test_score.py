@@ -20,8 +20,10 @@ from libs import errors, rediskit
 from libs.localinfra import RedisServer, free_port
 from libs.telemetry import Telemetry
 from services.score import keys
-from tests.conftest import REPO, flush
+from tests.support.catalog import FakeCatalog
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, bearer
+from tests.support.infra import REPO, flush
+from tests.support.polling import eventually
 from tests.support.score import LeaderboardDouble, channel_to, score_client, score_service
 from treasure.score.v1 import score_pb2, score_pb2_grpc
 
@@ -73,7 +75,7 @@ async def unlock(client, scan, player="p1", cp="cp1", *, hunt="h1", points=10, b
     )
 
 
-async def test_unlock_replay_and_already_unlocked(client, db):
+async def test_unlock_replay_and_already_unlocked(score, client, leaderboard, db):
     first = await unlock(client, "s1")
     assert (first.unlocked, first.points_awarded, first.first_finder) == (True, 15, True)
     assert (first.total_points, first.checkpoints_found, first.unlock_scan_id) == (15, 1, "s1")
@@ -89,10 +91,16 @@ async def test_unlock_replay_and_already_unlocked(client, db):
     with pytest.raises(errors.FailedPrecondition, match="scan_id"):
         await unlock(client, "s1", cp="cp9")
     assert await db.fetchval("SELECT count(*) FROM score.unlocks") == 2
-    assert await db.fetchval("SELECT count(*) FROM score.outbox") in (0, 1, 2)  # relay may run
-    score = await client.get_score("h1", "p1")
-    assert (score.total_points, score.checkpoints_found) == (30, 2)
-    assert score.reached_at == AT + timedelta(seconds=5)
+    # One outbox row per unlock that moved the total; none for the replay, the
+    # scan of an unlocked checkpoint or the refused reuse. The relay deletes
+    # rows once the board has them, so this counts every row ever written.
+    assert await _outbox_rows_written(db) == 2
+    await _board_matches(leaderboard, db)
+    assert await _outbox_drained(db) == 0
+    assert score.metrics.registry.get_sample_value("score_outbox_delivered_total") == 2
+    totals = await client.get_score("h1", "p1")
+    assert (totals.total_points, totals.checkpoints_found) == (30, 2)
+    assert totals.reached_at == AT + timedelta(seconds=5)
     progress = await client.get_progress("h1", "p1")
     assert [
         (c.checkpoint_id, c.points_awarded, c.first_finder, c.scan_id) for c in progress.checkpoints
@@ -101,6 +109,33 @@ async def test_unlock_replay_and_already_unlocked(client, db):
         ("cp2", 15, True, "s2"),
     ]
     assert progress.checkpoints[0].unlocked_at == AT
+
+
+async def test_a_hunt_not_in_the_catalog_is_not_found(pg_dsn, redis_urls, leaderboard):
+    catalog = FakeCatalog(hunts={"h1"})
+    async with (
+        score_service(pg_dsn, redis_urls["score"], leaderboard.address, catalog=catalog) as score,
+        channel_to(score.port, CLIENT_TOKEN) as channel,
+    ):
+        stub = score_pb2_grpc.ScoreServiceStub(channel)
+        for _ in range(2):
+            for call in (
+                stub.GetScore(score_pb2.GetScoreRequest(hunt_id="h9", player_id="p1")),
+                stub.GetProgress(score_pb2.GetProgressRequest(hunt_id="h9", player_id="p1")),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+                assert "h9" in caught.value.details()
+        assert catalog.asked == 1  # cached
+        zero = await stub.GetScore(score_pb2.GetScoreRequest(hunt_id="h1", player_id="p1"))
+        assert (zero.total_points, zero.checkpoints_found) == (0, 0)
+        # A player with unlocks proves the hunt exists: geo is not asked.
+        async with score_client(score.port) as clients:
+            await unlock(clients, "s1", hunt="h7")
+        asked = catalog.asked
+        found = await stub.GetScore(score_pb2.GetScoreRequest(hunt_id="h7", player_id="p1"))
+        assert found.checkpoints_found == 1 and catalog.asked == asked
 
 
 async def test_a_player_without_unlocks_has_zero(client):
@@ -298,14 +333,25 @@ async def _outbox_rows(db) -> int:
     return await db.fetchval("SELECT count(*) FROM score.outbox")
 
 
+async def _outbox_rows_written(db) -> int:
+    """Rows ever inserted into score.outbox, delivered (deleted) or not: the
+    last id its identity handed out (0 before the first)."""
+    return await db.fetchval(
+        "SELECT coalesce(pg_sequence_last_value("
+        "pg_get_serial_sequence('score.outbox', 'id')::regclass), 0)"
+    )
+
+
 async def _outbox_drained(db) -> int:
-    """The outbox row count once it reached 0 (hang guard: 30 s): the board
+    """The outbox row count once it reached 0 (fails after 30 s): the board
     can hold a batch a moment before the relay commits its delete."""
-    for _ in range(3000):
-        if (rows := await _outbox_rows(db)) == 0:
-            return rows
-        await asyncio.sleep(0.01)
-    return await _outbox_rows(db)
+    return await eventually(
+        lambda: _outbox_rows(db),
+        until=lambda rows: rows == 0,
+        timeout_s=30,
+        interval_s=0.01,
+        what="score's outbox to drain",
+    )
 
 
 async def _board_matches(leaderboard, db) -> None:
@@ -320,7 +366,8 @@ async def _board_matches(leaderboard, db) -> None:
                 for k, u in leaderboard.servicer.board.items()
             }
             == truth
-        )
+        ),
+        what=f"the board to hold score's {len(truth)} totals",
     )
 
 
@@ -350,7 +397,9 @@ async def test_relay_backs_off_while_the_board_pushes_back(score, client, leader
     await unlock(client, "s2", cp="cp2")
     # >= 6 refusals: the relay saw at least one failure and tried again (the
     # channel itself retries UNAVAILABLE a few times per attempt).
-    await leaderboard.servicer.wait_until(lambda: leaderboard.servicer.refused >= 6)
+    await leaderboard.servicer.wait_until(
+        lambda: leaderboard.servicer.refused >= 6, what="six refused SubmitScores"
+    )
     assert await _outbox_rows(db) == 2 and leaderboard.servicer.batches == []
     failures = score.metrics.registry.get_sample_value(
         "score_outbox_send_failures_total",

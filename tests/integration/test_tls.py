@@ -15,8 +15,8 @@ from libs.channels import open_channel
 from libs.config import Env, ServiceSettings
 from libs.server import Binding, Runtime
 from services.geo.server import ROLES
-from tests.integration.test_bootstrap import FakeGeo
 from tests.support.env import SERVICE_TOKEN, bearer, service_env
+from tests.support.fakes import FakeGeo
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
 

@@ -23,6 +23,9 @@ from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
 #: Lisbon, Praça do Comércio: where test hunts happen.
 ORIGIN = (38.7075, -9.1364)
+#: The default hunt grid starts 2 km south and 2 km west of ORIGIN (1 km
+#: tiles): every checkpoint of a hunt must lie on its grid.
+GRID_ORIGIN = (ORIGIN[0] - 2000 / 111_195.0, ORIGIN[1] - 2000 / (111_195.0 * 0.7806))
 
 #: Tests refresh the tile view themselves; the background loop stays out of the way.
 TEST_SETTINGS = {"GEO_TILE_REFRESH_S": "86400"}
@@ -108,7 +111,8 @@ def hunt_message(
     status: int = geo_pb2.HUNT_STATUS_PUBLISHED,
     columns: int = 10,
     rows: int = 10,
-    tile_size_m: float = 100.0,
+    tile_size_m: float = 1000.0,
+    origin: tuple[float, float] = GRID_ORIGIN,
 ) -> geo_pb2.Hunt:
     now = datetime.now(UTC)
     return geo_pb2.Hunt(
@@ -118,7 +122,7 @@ def hunt_message(
         ends_at=timestamp(ends_at or now + timedelta(hours=5)),
         status=status,
         grid=geo_pb2.TileGrid(
-            origin=point(*ORIGIN), tile_size_m=tile_size_m, columns=columns, rows=rows
+            origin=point(*origin), tile_size_m=tile_size_m, columns=columns, rows=rows
         ),
     )
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +19,8 @@ from google.rpc import error_details_pb2, status_pb2
 from libs.auth import bearer_interceptors
 from libs.server import Runtime
 from services.leaderboard.client import LeaderboardClient, ScoreUpdate
+from tests.support.catalog import FakeCatalog, serve_catalog
+from tests.support.doubles import serve
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.services import in_process
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
@@ -104,17 +106,9 @@ def timestamp_ms(ts: Timestamp) -> int:
     return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
-@contextlib.asynccontextmanager
-async def serve_scores(fake: score_pb2_grpc.ScoreServiceServicer) -> AsyncIterator[str]:
+def serve_scores(fake: score_pb2_grpc.ScoreServiceServicer) -> AbstractAsyncContextManager[str]:
     """The double on a free port; yields its address."""
-    server = grpc.aio.server()
-    score_pb2_grpc.add_ScoreServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
+    return serve(score_pb2_grpc.add_ScoreServiceServicer_to_server, fake)
 
 
 @dataclass
@@ -140,12 +134,24 @@ class Stubs:
 
 
 @contextlib.asynccontextmanager
-async def leaderboard(redis_url: str, score_addr: str, **settings: str) -> AsyncIterator[Stubs]:
-    """The leaderboard in process (reconciliation off unless set), with stubs."""
+async def leaderboard(
+    redis_url: str, score_addr: str, *, catalog: FakeCatalog | None = None, **settings: str
+) -> AsyncIterator[Stubs]:
+    """The leaderboard in process (reconciliation off unless set), with stubs.
+    Geo's catalog is a double (`catalog`, or one where every hunt exists)
+    unless GEO_SERVICE_ADDR is given."""
     settings.setdefault("LEADERBOARD_RECONCILE_S", "0")
-    async with in_process(
-        "leaderboard", LEADERBOARD_REDIS_URL=redis_url, SCORE_SERVICE_ADDR=score_addr, **settings
-    ) as runtime:
+    async with contextlib.AsyncExitStack() as stack:
+        if "GEO_SERVICE_ADDR" not in settings:
+            settings["GEO_SERVICE_ADDR"] = await stack.enter_async_context(serve_catalog(catalog))
+        runtime = await stack.enter_async_context(
+            in_process(
+                "leaderboard",
+                LEADERBOARD_REDIS_URL=redis_url,
+                SCORE_SERVICE_ADDR=score_addr,
+                **settings,
+            )
+        )
         target = f"127.0.0.1:{runtime.port}"
         channel = grpc.aio.insecure_channel(target)
         service_channel = grpc.aio.insecure_channel(
@@ -161,18 +167,6 @@ async def leaderboard(redis_url: str, score_addr: str, **settings: str) -> Async
         finally:
             await service_channel.close()
             await channel.close()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 15.0, what: str = "condition"
-) -> None:
-    """Polls `check` until true; fails naming `what` after `timeout_s` (a bound
-    against hangs, not a speed assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout_s:g}s")
-        await asyncio.sleep(0.02)
 
 
 async def whole_board(lb: Stubs, hunt: str, limit: int = 1000) -> list[pb.LeaderboardEntry]:

@@ -16,6 +16,7 @@ from libs.telemetry import Telemetry
 from services.score.__main__ import running
 from services.score.client import ScoreClient
 from services.score.config import ScoreConfig
+from tests.support.catalog import FakeCatalog, serve_catalog
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, service_env
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
 
@@ -40,12 +41,18 @@ async def score_service(
     leaderboard_addr: str,
     *,
     telemetry: Telemetry | None = None,
+    catalog: FakeCatalog | None = None,
     **settings: str,
 ) -> AsyncIterator[Runtime]:
-    """The score service in this process on a free port, until the block exits."""
-    config = score_config(pg_dsn, redis_url, leaderboard_addr, **settings)
-    async with running(config, telemetry=telemetry) as runtime:
-        yield runtime
+    """The score service in this process on a free port, until the block exits.
+    Geo's catalog is a double (`catalog`, or one where every hunt exists)
+    unless GEO_SERVICE_ADDR is given."""
+    async with contextlib.AsyncExitStack() as stack:
+        if "GEO_SERVICE_ADDR" not in settings:
+            settings["GEO_SERVICE_ADDR"] = await stack.enter_async_context(serve_catalog(catalog))
+        config = score_config(pg_dsn, redis_url, leaderboard_addr, **settings)
+        async with running(config, telemetry=telemetry) as runtime:
+            yield runtime
 
 
 @contextlib.asynccontextmanager
@@ -109,10 +116,20 @@ class FakeLeaderboard(leaderboard_pb2_grpc.LeaderboardServiceServicer):
             self._changed.notify_all()
         return leaderboard_pb2.SubmitScoresResponse(applied=applied, stale=stale)
 
-    async def wait_until(self, done: Callable[[], bool], timeout_s: float = 30.0) -> None:
-        """Returns once `done()` holds (checked after each call; hang guard: timeout_s)."""
-        async with asyncio.timeout(timeout_s), self._changed:
-            await self._changed.wait_for(done)
+    async def wait_until(
+        self, done: Callable[[], bool], timeout_s: float = 30.0, what: str = "the condition"
+    ) -> None:
+        """Returns once `done()` holds (checked after each call); fails naming
+        `what` and what the double saw after `timeout_s` (a hang guard)."""
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(done)
+        except TimeoutError:
+            raise AssertionError(
+                f"{what} did not happen within {timeout_s:g}s: the leaderboard double got "
+                f"{len(self.batches)} batches ({sum(map(len, self.batches))} updates), "
+                f"refused {self.refused} calls, holds {len(self.board)} players"
+            ) from None
 
 
 class LeaderboardDouble:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from libs import rediskit
 from libs.localinfra import RedisCluster, RedisServer, free_ports
+from tests.support import infra
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, TOKENS, bearer
 from tests.support.services import spawn, wait_serving
 from treasure.geo.v1 import geo_pb2_grpc
@@ -82,11 +83,9 @@ class Stack:
 
     async def start(self) -> Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        from tests.conftest import start_redis
-
         # Side by side: a Redis Cluster takes about 2 s to agree it is whole.
         started = await asyncio.gather(
-            *(asyncio.to_thread(start_redis, n, self.workdir / f"redis-{n}") for n in ORDER),
+            *(asyncio.to_thread(infra.start_redis, n, self.workdir / f"redis-{n}") for n in ORDER),
             return_exceptions=True,
         )
         for name, server in zip(ORDER, started, strict=True):

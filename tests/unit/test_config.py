@@ -24,8 +24,11 @@ def test_every_missing_setting_is_named_at_once():
 @pytest.mark.parametrize(
     ("config", "required"),
     [
-        (ScoreConfig, ("SCORE_PG_DSN", "SCORE_REDIS_URL", "LEADERBOARD_SERVICE_ADDR")),
-        (LeaderboardConfig, ("LEADERBOARD_REDIS_URL", "SCORE_SERVICE_ADDR")),
+        (
+            ScoreConfig,
+            ("SCORE_PG_DSN", "SCORE_REDIS_URL", "LEADERBOARD_SERVICE_ADDR", "GEO_SERVICE_ADDR"),
+        ),
+        (LeaderboardConfig, ("LEADERBOARD_REDIS_URL", "SCORE_SERVICE_ADDR", "GEO_SERVICE_ADDR")),
         (GeoConfig, ("GEO_PG_DSN", "GEO_REDIS_URL")),
     ],
 )

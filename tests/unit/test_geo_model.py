@@ -3,6 +3,7 @@ and the settings."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -71,3 +72,24 @@ def test_config_defaults_and_problems():
     message = str(err.value)
     for name in ("GEO_PG_DSN", "GEO_REDIS_URL", "GEO_TILE_REFRESH_S", "GEO_PG_POOL_MIN"):
         assert name in message
+
+
+def test_the_tile_of_a_point_counts_metres_east_along_the_origins_parallel():
+    grid = Grid(38.7, -9.165, 250.0, 20, 16)  # the demo's grid
+    assert grid.tile_of(38.7, -9.165) == (0, 0)
+    # 1 km north and 1 km east of the origin: tile (4, 4).
+    north = 38.7 + 1000.5 / 111_195.08
+    east = -9.165 + 1000.5 / (111_195.08 * math.cos(math.radians(38.7)))
+    assert grid.tile_of(north, east) == (4, 4)
+    assert grid.tile_of(38.7 - 1e-6, -9.165) == (0, -1)
+    assert grid.covers(38.7139, -9.1394)  # Rossio
+    assert not grid.covers(41.1406, -8.6132)  # Porto
+    assert not grid.covers(38.6999, -9.1394)  # just south of the grid
+
+
+def test_a_grid_across_the_antimeridian():
+    grid = Grid(-17.0, 179.9, 1000.0, 30, 10)  # Fiji
+    assert grid.covers(-16.99, 179.95)
+    assert grid.covers(-16.99, -179.95)  # 0.15 deg east of the origin, across 180
+    assert grid.tile_of(-16.99, -179.95)[0] == grid.tile_of(-16.99, 180.05)[0]
+    assert not grid.covers(-16.99, 179.85)  # west of the origin

@@ -121,6 +121,7 @@ def test_config_defaults_and_limits():
     base = {
         "LEADERBOARD_REDIS_URL": "redis://x",
         "SCORE_SERVICE_ADDR": "127.0.0.1:1",
+        "GEO_SERVICE_ADDR": "127.0.0.1:2",
         "AUTH_PEER_TOKEN": "t",
     }
     config = LeaderboardConfig.from_env(base)

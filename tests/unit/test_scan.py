@@ -12,7 +12,7 @@ def scan_at(lat: float, lon: float, at: datetime, accuracy: float = 5.0) -> Scan
 
 
 def test_keys_share_the_player_slot():
-    assert keys.idempotency("p42", "c-91f3") == "scan:idem:{p42}:c-91f3"
+    assert keys.idempotency("p42", "h7", "c-91f3") == "scan:idem:{p42}:h7:c-91f3"
     assert keys.rate("p42") == "scan:rate:{p42}"
     assert keys.last_scan("p42") == "scan:last:{p42}"
 
@@ -54,3 +54,39 @@ def test_answer_round_trip():
     assert Answer.from_dict(answer.to_dict()) == answer
     pending = Answer("s2", Status.RECEIVED)
     assert Answer.from_dict(pending.to_dict()) == pending
+
+
+def test_a_repeat_is_the_same_request_and_has_the_same_fingerprint():
+    first = scan_at(38.7139, -9.1394, T0)
+    repeat = ScanInput("p1", "h1", "t1", 38.7139, -9.1394, 5.0, T0, "c1")
+    assert first.same_request(repeat) and first.fingerprint() == repeat.fingerprint()
+    # -0.0 and 0.0 are the same number, on the wire and in Postgres.
+    zero = ScanInput("p1", "h1", "t1", 0.0, 0.0, 0.0, T0, "c1")
+    negative_zero = ScanInput("p1", "h1", "t1", -0.0, -0.0, -0.0, T0, "c1")
+    assert zero.same_request(negative_zero) and zero.fingerprint() == negative_zero.fingerprint()
+
+
+def test_any_other_field_makes_another_request():
+    first = scan_at(38.7139, -9.1394, T0)
+    others = [
+        ScanInput("p1", "h2", "t1", 38.7139, -9.1394, 5.0, T0, "c1"),
+        ScanInput("p1", "h1", "t2", 38.7139, -9.1394, 5.0, T0, "c1"),
+        ScanInput("p1", "h1", "t1", 38.71391, -9.1394, 5.0, T0, "c1"),
+        ScanInput("p1", "h1", "t1", 38.7139, -9.13941, 5.0, T0, "c1"),
+        ScanInput("p1", "h1", "t1", 38.7139, -9.1394, 5.5, T0, "c1"),
+        ScanInput("p1", "h1", "t1", 38.7139, -9.1394, 5.0, T0 + timedelta(microseconds=1), "c1"),
+    ]
+    for other in others:
+        assert not first.same_request(other), other
+        assert first.fingerprint() != other.fingerprint(), other
+
+
+def test_a_purged_row_is_matched_on_hunt_tag_and_time():
+    purged = ScanInput("p1", "h1", "t1", None, None, None, T0, "c1")
+    assert purged.same_request(scan_at(38.7139, -9.1394, T0))
+    assert scan_at(1.0, 2.0, T0).same_request(purged)
+    assert not purged.same_request(scan_at(38.7139, -9.1394, T0 + timedelta(seconds=1)))
+
+
+def test_the_key_is_scoped_to_one_player_in_one_hunt():
+    assert scan_at(1.0, 2.0, T0).key == ("p1", "h1", "c1")

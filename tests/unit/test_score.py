@@ -90,6 +90,7 @@ def test_settings_defaults_and_checks():
         "SCORE_PG_DSN": "postgresql://x/y",
         "SCORE_REDIS_URL": "redis://x",
         "LEADERBOARD_SERVICE_ADDR": "127.0.0.1:1",
+        "GEO_SERVICE_ADDR": "127.0.0.1:2",
         "AUTH_PEER_TOKEN": "t",
     }
     config = ScoreConfig.from_env(base)

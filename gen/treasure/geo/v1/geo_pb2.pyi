@@ -25,6 +25,7 @@ class TagStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TAG_STATUS_FOUND: _ClassVar[TagStatus]
     TAG_STATUS_UNKNOWN: _ClassVar[TagStatus]
     TAG_STATUS_INACTIVE: _ClassVar[TagStatus]
+    TAG_STATUS_UNKNOWN_HUNT: _ClassVar[TagStatus]
 HUNT_STATUS_UNSPECIFIED: HuntStatus
 HUNT_STATUS_DRAFT: HuntStatus
 HUNT_STATUS_PUBLISHED: HuntStatus
@@ -33,6 +34,7 @@ TAG_STATUS_UNSPECIFIED: TagStatus
 TAG_STATUS_FOUND: TagStatus
 TAG_STATUS_UNKNOWN: TagStatus
 TAG_STATUS_INACTIVE: TagStatus
+TAG_STATUS_UNKNOWN_HUNT: TagStatus
 
 class TileGrid(_message.Message):
     __slots__ = ("origin", "tile_size_m", "columns", "rows")

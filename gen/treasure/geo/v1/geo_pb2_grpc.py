@@ -27,9 +27,10 @@ if _version_not_supported:
 
 class GeoServiceStub:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; GetHunt, ListHunts,
+    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    CheckIn is internal and needs `service`.
+    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
+    ask it whether a hunt exists); CheckIn is internal and needs `service`.
     """
 
     def __init__(self, channel):
@@ -117,9 +118,10 @@ class GeoServiceStub:
 
 class GeoServiceServicer:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; GetHunt, ListHunts,
+    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    CheckIn is internal and needs `service`.
+    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
+    ask it whether a hunt exists); CheckIn is internal and needs `service`.
     """
 
     def CreateHunt(self, request, context):
@@ -152,7 +154,9 @@ class GeoServiceServicer:
 
     def UpsertCheckpoint(self, request, context):
         """Creates or replaces a checkpoint. ALREADY_EXISTS when its tag_id belongs to
-        another checkpoint (tag ids are unique across all hunts).
+        another checkpoint (tag ids are unique across all hunts); NOT_FOUND for an
+        unknown hunt; INVALID_ARGUMENT (field checkpoint.location) when the
+        location is outside the hunt's tile grid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -321,9 +325,10 @@ def add_GeoServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class GeoService:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; GetHunt, ListHunts,
+    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    CheckIn is internal and needs `service`.
+    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
+    ask it whether a hunt exists); CheckIn is internal and needs `service`.
     """
 
     @staticmethod

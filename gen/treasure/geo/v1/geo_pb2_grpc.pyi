@@ -33,9 +33,10 @@ GRPC_VERSION: str
 
 class GeoServiceStub:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; GetHunt, ListHunts,
+    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    CheckIn is internal and needs `service`.
+    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
+    ask it whether a hunt exists); CheckIn is internal and needs `service`.
     """
 
     @_typing.overload
@@ -52,7 +53,9 @@ class GeoServiceStub:
     """Lists hunts ordered by hunt_id, paginated."""
     UpsertCheckpoint: _grpc.UnaryUnaryMultiCallable[_geo_pb2.UpsertCheckpointRequest, _geo_pb2.UpsertCheckpointResponse]
     """Creates or replaces a checkpoint. ALREADY_EXISTS when its tag_id belongs to
-    another checkpoint (tag ids are unique across all hunts).
+    another checkpoint (tag ids are unique across all hunts); NOT_FOUND for an
+    unknown hunt; INVALID_ARGUMENT (field checkpoint.location) when the
+    location is outside the hunt's tile grid.
     """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_geo_pb2.ListCheckpointsRequest, _geo_pb2.ListCheckpointsResponse]
     """Lists the checkpoints of a hunt ordered by checkpoint_id, paginated."""
@@ -87,9 +90,10 @@ class GeoServiceStub:
 @_typing.type_check_only
 class GeoServiceAsyncStub(GeoServiceStub):
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; GetHunt, ListHunts,
+    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    CheckIn is internal and needs `service`.
+    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
+    ask it whether a hunt exists); CheckIn is internal and needs `service`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,7 +107,9 @@ class GeoServiceAsyncStub(GeoServiceStub):
     """Lists hunts ordered by hunt_id, paginated."""
     UpsertCheckpoint: _aio.UnaryUnaryMultiCallable[_geo_pb2.UpsertCheckpointRequest, _geo_pb2.UpsertCheckpointResponse]  # type: ignore[assignment]
     """Creates or replaces a checkpoint. ALREADY_EXISTS when its tag_id belongs to
-    another checkpoint (tag ids are unique across all hunts).
+    another checkpoint (tag ids are unique across all hunts); NOT_FOUND for an
+    unknown hunt; INVALID_ARGUMENT (field checkpoint.location) when the
+    location is outside the hunt's tile grid.
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_geo_pb2.ListCheckpointsRequest, _geo_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Lists the checkpoints of a hunt ordered by checkpoint_id, paginated."""
@@ -137,9 +143,10 @@ class GeoServiceAsyncStub(GeoServiceStub):
 
 class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; GetHunt, ListHunts,
+    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    CheckIn is internal and needs `service`.
+    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
+    ask it whether a hunt exists); CheckIn is internal and needs `service`.
     """
 
     @_abc_1.abstractmethod
@@ -181,7 +188,9 @@ class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_geo_pb2.UpsertCheckpointResponse, _abc.Awaitable[_geo_pb2.UpsertCheckpointResponse]]:
         """Creates or replaces a checkpoint. ALREADY_EXISTS when its tag_id belongs to
-        another checkpoint (tag ids are unique across all hunts).
+        another checkpoint (tag ids are unique across all hunts); NOT_FOUND for an
+        unknown hunt; INVALID_ARGUMENT (field checkpoint.location) when the
+        location is outside the hunt's tile grid.
         """
 
     @_abc_1.abstractmethod

@@ -90,21 +90,24 @@ class LeaderboardServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRank(self, request, context):
-        """A player's rank. NOT_FOUND for a player not on the board.
+        """A player's rank. NOT_FOUND (reason PLAYER_NOT_ON_BOARD) for a player not
+        on the board.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAround(self, request, context):
-        """The n players above and below a player, and the player.
+        """The n players above and below a player, and the player. NOT_FOUND
+        (reason PLAYER_NOT_ON_BOARD) for a player not on the board.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchTop(self, request, context):
-        """The current top N at once, then again whenever it changes (coalesced).
+        """The current top N at once (empty for a hunt nobody has scored in), then
+        again whenever it changes (coalesced).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -5,8 +5,12 @@ Live rankings: one board per hunt.
 
 Order: higher total first; on a tie, whoever reached that total earlier;
 then player_id. Ids follow `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
-While a hunt's board is being rebuilt, reads answer UNAVAILABLE with a
-google.rpc.RetryInfo detail; a partial board is never served.
+A hunt nobody has scored in yet has an empty board (OK, no entries). Reads
+of a hunt that does not exist answer NOT_FOUND (reason HUNT_NOT_FOUND).
+A board missing from Redis is rebuilt within the call's deadline; only one
+that cannot be built in time answers UNAVAILABLE with a
+google.rpc.RetryInfo detail (reason BOARD_REBUILDING). While an existing
+board is rebuilt the old one is served: a partial board is never served.
 """
 
 from collections import abc as _abc
@@ -47,11 +51,17 @@ class LeaderboardServiceStub:
     GetTop: _grpc.UnaryUnaryMultiCallable[_leaderboard_pb2.GetTopRequest, _leaderboard_pb2.GetTopResponse]
     """The top of a board, paginated."""
     GetRank: _grpc.UnaryUnaryMultiCallable[_leaderboard_pb2.GetRankRequest, _leaderboard_pb2.GetRankResponse]
-    """A player's rank. NOT_FOUND for a player not on the board."""
+    """A player's rank. NOT_FOUND (reason PLAYER_NOT_ON_BOARD) for a player not
+    on the board.
+    """
     GetAround: _grpc.UnaryUnaryMultiCallable[_leaderboard_pb2.GetAroundRequest, _leaderboard_pb2.GetAroundResponse]
-    """The n players above and below a player, and the player."""
+    """The n players above and below a player, and the player. NOT_FOUND
+    (reason PLAYER_NOT_ON_BOARD) for a player not on the board.
+    """
     WatchTop: _grpc.UnaryStreamMultiCallable[_leaderboard_pb2.WatchTopRequest, _leaderboard_pb2.WatchTopResponse]
-    """The current top N at once, then again whenever it changes (coalesced)."""
+    """The current top N at once (empty for a hunt nobody has scored in), then
+    again whenever it changes (coalesced).
+    """
     RebuildBoard: _grpc.UnaryUnaryMultiCallable[_leaderboard_pb2.RebuildBoardRequest, _leaderboard_pb2.RebuildBoardResponse]
     """Rebuilds a board from the score service now."""
 
@@ -68,11 +78,17 @@ class LeaderboardServiceAsyncStub(LeaderboardServiceStub):
     GetTop: _aio.UnaryUnaryMultiCallable[_leaderboard_pb2.GetTopRequest, _leaderboard_pb2.GetTopResponse]  # type: ignore[assignment]
     """The top of a board, paginated."""
     GetRank: _aio.UnaryUnaryMultiCallable[_leaderboard_pb2.GetRankRequest, _leaderboard_pb2.GetRankResponse]  # type: ignore[assignment]
-    """A player's rank. NOT_FOUND for a player not on the board."""
+    """A player's rank. NOT_FOUND (reason PLAYER_NOT_ON_BOARD) for a player not
+    on the board.
+    """
     GetAround: _aio.UnaryUnaryMultiCallable[_leaderboard_pb2.GetAroundRequest, _leaderboard_pb2.GetAroundResponse]  # type: ignore[assignment]
-    """The n players above and below a player, and the player."""
+    """The n players above and below a player, and the player. NOT_FOUND
+    (reason PLAYER_NOT_ON_BOARD) for a player not on the board.
+    """
     WatchTop: _aio.UnaryStreamMultiCallable[_leaderboard_pb2.WatchTopRequest, _leaderboard_pb2.WatchTopResponse]  # type: ignore[assignment]
-    """The current top N at once, then again whenever it changes (coalesced)."""
+    """The current top N at once (empty for a hunt nobody has scored in), then
+    again whenever it changes (coalesced).
+    """
     RebuildBoard: _aio.UnaryUnaryMultiCallable[_leaderboard_pb2.RebuildBoardRequest, _leaderboard_pb2.RebuildBoardResponse]  # type: ignore[assignment]
     """Rebuilds a board from the score service now."""
 
@@ -104,7 +120,9 @@ class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leaderboard_pb2.GetRankRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leaderboard_pb2.GetRankResponse, _abc.Awaitable[_leaderboard_pb2.GetRankResponse]]:
-        """A player's rank. NOT_FOUND for a player not on the board."""
+        """A player's rank. NOT_FOUND (reason PLAYER_NOT_ON_BOARD) for a player not
+        on the board.
+        """
 
     @_abc_1.abstractmethod
     def GetAround(
@@ -112,7 +130,9 @@ class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leaderboard_pb2.GetAroundRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leaderboard_pb2.GetAroundResponse, _abc.Awaitable[_leaderboard_pb2.GetAroundResponse]]:
-        """The n players above and below a player, and the player."""
+        """The n players above and below a player, and the player. NOT_FOUND
+        (reason PLAYER_NOT_ON_BOARD) for a player not on the board.
+        """
 
     @_abc_1.abstractmethod
     def WatchTop(
@@ -120,7 +140,9 @@ class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leaderboard_pb2.WatchTopRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_leaderboard_pb2.WatchTopResponse], _abc.AsyncIterator[_leaderboard_pb2.WatchTopResponse]]:
-        """The current top N at once, then again whenever it changes (coalesced)."""
+        """The current top N at once (empty for a hunt nobody has scored in), then
+        again whenever it changes (coalesced).
+        """
 
     @_abc_1.abstractmethod
     def RebuildBoard(

@@ -26,31 +26,31 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from treasure.common.v1 import common_pb2 as treasure_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btreasure/scan/v1/scan.proto\x12\x10treasure.scan.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftreasure/common/v1/common.proto\"\xd3\x01\n\x11SubmitScanRequest\x12\x11\n\tplayer_id\x18\x01 \x01(\t\x12\x0f\n\x07hunt_id\x18\x02 \x01(\t\x12\x0e\n\x06tag_id\x18\x03 \x01(\t\x12.\n\x08location\x18\x04 \x01(\x0b\x32\x1c.treasure.common.v1.GeoPoint\x12\x12\n\naccuracy_m\x18\x05 \x01(\x01\x12.\n\nscanned_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_scan_id\x18\x07 \x01(\t\"\xf7\x01\n\x12SubmitScanResponse\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.treasure.scan.v1.ScanOutcome\x12\x16\n\x0epoints_awarded\x18\x03 \x01(\x05\x12\x14\n\x0ctotal_points\x18\x04 \x01(\x03\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x06 \x01(\t\x12\x14\n\x0c\x66irst_finder\x18\x07 \x01(\x08\x12,\n\x06status\x18\x08 \x01(\x0e\x32\x1c.treasure.scan.v1.ScanStatus\"\x8a\x04\n\x04Scan\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\x12\x0f\n\x07hunt_id\x18\x03 \x01(\t\x12\x0e\n\x06tag_id\x18\x04 \x01(\t\x12.\n\x08location\x18\x05 \x01(\x0b\x32\x1c.treasure.common.v1.GeoPoint\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12.\n\nscanned_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_scan_id\x18\x08 \x01(\t\x12/\n\x0breceived_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06status\x18\n \x01(\x0e\x32\x1c.treasure.scan.v1.ScanStatus\x12.\n\x07outcome\x18\x0b \x01(\x0e\x32\x1d.treasure.scan.v1.ScanOutcome\x12\x16\n\x0epoints_awarded\x18\x0c \x01(\x05\x12\x14\n\x0ctotal_points\x18\r \x01(\x03\x12\x15\n\rcheckpoint_id\x18\x0e \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x0f \x01(\t\x12\x14\n\x0c\x66irst_finder\x18\x10 \x01(\x08\x12.\n\napplied_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0eGetScanRequest\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\"7\n\x0fGetScanResponse\x12$\n\x04scan\x18\x01 \x01(\x0b\x32\x16.treasure.scan.v1.Scan\"c\n\x16ListPlayerScansRequest\x12\x11\n\tplayer_id\x18\x01 \x01(\t\x12\x0f\n\x07hunt_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x17ListPlayerScansResponse\x12%\n\x05scans\x18\x01 \x03(\x0b\x32\x16.treasure.scan.v1.Scan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xec\x01\n\x0bScanOutcome\x12\x1c\n\x18SCAN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15SCAN_OUTCOME_UNLOCKED\x10\x01\x12!\n\x1dSCAN_OUTCOME_ALREADY_UNLOCKED\x10\x02\x12\x1d\n\x19SCAN_OUTCOME_OUT_OF_RANGE\x10\x03\x12\x1c\n\x18SCAN_OUTCOME_UNKNOWN_TAG\x10\x04\x12 \n\x1cSCAN_OUTCOME_HUNT_NOT_ACTIVE\x10\x05\x12\"\n\x1eSCAN_OUTCOME_IMPLAUSIBLE_SPEED\x10\x06*\\\n\nScanStatus\x12\x1b\n\x17SCAN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SCAN_STATUS_RECEIVED\x10\x01\x12\x17\n\x13SCAN_STATUS_APPLIED\x10\x02\x32\x9e\x02\n\x0bScanService\x12W\n\nSubmitScan\x12#.treasure.scan.v1.SubmitScanRequest\x1a$.treasure.scan.v1.SubmitScanResponse\x12N\n\x07GetScan\x12 .treasure.scan.v1.GetScanRequest\x1a!.treasure.scan.v1.GetScanResponse\x12\x66\n\x0fListPlayerScans\x12(.treasure.scan.v1.ListPlayerScansRequest\x1a).treasure.scan.v1.ListPlayerScansResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btreasure/scan/v1/scan.proto\x12\x10treasure.scan.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftreasure/common/v1/common.proto\"\xd3\x01\n\x11SubmitScanRequest\x12\x11\n\tplayer_id\x18\x01 \x01(\t\x12\x0f\n\x07hunt_id\x18\x02 \x01(\t\x12\x0e\n\x06tag_id\x18\x03 \x01(\t\x12.\n\x08location\x18\x04 \x01(\x0b\x32\x1c.treasure.common.v1.GeoPoint\x12\x12\n\naccuracy_m\x18\x05 \x01(\x01\x12.\n\nscanned_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_scan_id\x18\x07 \x01(\t\"\x88\x02\n\x12SubmitScanResponse\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.treasure.scan.v1.ScanOutcome\x12\x16\n\x0epoints_awarded\x18\x03 \x01(\x05\x12\x14\n\x0ctotal_points\x18\x04 \x01(\x03\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x06 \x01(\t\x12\x14\n\x0c\x66irst_finder\x18\x07 \x01(\x08\x12,\n\x06status\x18\x08 \x01(\x0e\x32\x1c.treasure.scan.v1.ScanStatus\x12\x0f\n\x07hunt_id\x18\t \x01(\t\"\x8a\x04\n\x04Scan\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\x12\x0f\n\x07hunt_id\x18\x03 \x01(\t\x12\x0e\n\x06tag_id\x18\x04 \x01(\t\x12.\n\x08location\x18\x05 \x01(\x0b\x32\x1c.treasure.common.v1.GeoPoint\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12.\n\nscanned_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_scan_id\x18\x08 \x01(\t\x12/\n\x0breceived_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06status\x18\n \x01(\x0e\x32\x1c.treasure.scan.v1.ScanStatus\x12.\n\x07outcome\x18\x0b \x01(\x0e\x32\x1d.treasure.scan.v1.ScanOutcome\x12\x16\n\x0epoints_awarded\x18\x0c \x01(\x05\x12\x14\n\x0ctotal_points\x18\r \x01(\x03\x12\x15\n\rcheckpoint_id\x18\x0e \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x0f \x01(\t\x12\x14\n\x0c\x66irst_finder\x18\x10 \x01(\x08\x12.\n\napplied_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0eGetScanRequest\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\"7\n\x0fGetScanResponse\x12$\n\x04scan\x18\x01 \x01(\x0b\x32\x16.treasure.scan.v1.Scan\"c\n\x16ListPlayerScansRequest\x12\x11\n\tplayer_id\x18\x01 \x01(\t\x12\x0f\n\x07hunt_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x17ListPlayerScansResponse\x12%\n\x05scans\x18\x01 \x03(\x0b\x32\x16.treasure.scan.v1.Scan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8b\x02\n\x0bScanOutcome\x12\x1c\n\x18SCAN_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15SCAN_OUTCOME_UNLOCKED\x10\x01\x12!\n\x1dSCAN_OUTCOME_ALREADY_UNLOCKED\x10\x02\x12\x1d\n\x19SCAN_OUTCOME_OUT_OF_RANGE\x10\x03\x12\x1c\n\x18SCAN_OUTCOME_UNKNOWN_TAG\x10\x04\x12 \n\x1cSCAN_OUTCOME_HUNT_NOT_ACTIVE\x10\x05\x12\"\n\x1eSCAN_OUTCOME_IMPLAUSIBLE_SPEED\x10\x06\x12\x1d\n\x19SCAN_OUTCOME_UNKNOWN_HUNT\x10\x07*\\\n\nScanStatus\x12\x1b\n\x17SCAN_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14SCAN_STATUS_RECEIVED\x10\x01\x12\x17\n\x13SCAN_STATUS_APPLIED\x10\x02\x32\x9e\x02\n\x0bScanService\x12W\n\nSubmitScan\x12#.treasure.scan.v1.SubmitScanRequest\x1a$.treasure.scan.v1.SubmitScanResponse\x12N\n\x07GetScan\x12 .treasure.scan.v1.GetScanRequest\x1a!.treasure.scan.v1.GetScanResponse\x12\x66\n\x0fListPlayerScans\x12(.treasure.scan.v1.ListPlayerScansRequest\x1a).treasure.scan.v1.ListPlayerScansResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'treasure.scan.v1.scan_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCANOUTCOME']._serialized_start=1389
-  _globals['_SCANOUTCOME']._serialized_end=1625
-  _globals['_SCANSTATUS']._serialized_start=1627
-  _globals['_SCANSTATUS']._serialized_end=1719
+  _globals['_SCANOUTCOME']._serialized_start=1406
+  _globals['_SCANOUTCOME']._serialized_end=1673
+  _globals['_SCANSTATUS']._serialized_start=1675
+  _globals['_SCANSTATUS']._serialized_end=1767
   _globals['_SUBMITSCANREQUEST']._serialized_start=116
   _globals['_SUBMITSCANREQUEST']._serialized_end=327
   _globals['_SUBMITSCANRESPONSE']._serialized_start=330
-  _globals['_SUBMITSCANRESPONSE']._serialized_end=577
-  _globals['_SCAN']._serialized_start=580
-  _globals['_SCAN']._serialized_end=1102
-  _globals['_GETSCANREQUEST']._serialized_start=1104
-  _globals['_GETSCANREQUEST']._serialized_end=1137
-  _globals['_GETSCANRESPONSE']._serialized_start=1139
-  _globals['_GETSCANRESPONSE']._serialized_end=1194
-  _globals['_LISTPLAYERSCANSREQUEST']._serialized_start=1196
-  _globals['_LISTPLAYERSCANSREQUEST']._serialized_end=1295
-  _globals['_LISTPLAYERSCANSRESPONSE']._serialized_start=1297
-  _globals['_LISTPLAYERSCANSRESPONSE']._serialized_end=1386
-  _globals['_SCANSERVICE']._serialized_start=1722
-  _globals['_SCANSERVICE']._serialized_end=2008
+  _globals['_SUBMITSCANRESPONSE']._serialized_end=594
+  _globals['_SCAN']._serialized_start=597
+  _globals['_SCAN']._serialized_end=1119
+  _globals['_GETSCANREQUEST']._serialized_start=1121
+  _globals['_GETSCANREQUEST']._serialized_end=1154
+  _globals['_GETSCANRESPONSE']._serialized_start=1156
+  _globals['_GETSCANRESPONSE']._serialized_end=1211
+  _globals['_LISTPLAYERSCANSREQUEST']._serialized_start=1213
+  _globals['_LISTPLAYERSCANSREQUEST']._serialized_end=1312
+  _globals['_LISTPLAYERSCANSRESPONSE']._serialized_start=1314
+  _globals['_LISTPLAYERSCANSRESPONSE']._serialized_end=1403
+  _globals['_SCANSERVICE']._serialized_start=1770
+  _globals['_SCANSERVICE']._serialized_end=2056
 # @@protoc_insertion_point(module_scope)

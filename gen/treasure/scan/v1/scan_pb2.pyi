@@ -20,6 +20,7 @@ class ScanOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCAN_OUTCOME_UNKNOWN_TAG: _ClassVar[ScanOutcome]
     SCAN_OUTCOME_HUNT_NOT_ACTIVE: _ClassVar[ScanOutcome]
     SCAN_OUTCOME_IMPLAUSIBLE_SPEED: _ClassVar[ScanOutcome]
+    SCAN_OUTCOME_UNKNOWN_HUNT: _ClassVar[ScanOutcome]
 
 class ScanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,7 @@ SCAN_OUTCOME_OUT_OF_RANGE: ScanOutcome
 SCAN_OUTCOME_UNKNOWN_TAG: ScanOutcome
 SCAN_OUTCOME_HUNT_NOT_ACTIVE: ScanOutcome
 SCAN_OUTCOME_IMPLAUSIBLE_SPEED: ScanOutcome
+SCAN_OUTCOME_UNKNOWN_HUNT: ScanOutcome
 SCAN_STATUS_UNSPECIFIED: ScanStatus
 SCAN_STATUS_RECEIVED: ScanStatus
 SCAN_STATUS_APPLIED: ScanStatus
@@ -56,7 +58,7 @@ class SubmitScanRequest(_message.Message):
     def __init__(self, player_id: _Optional[str] = ..., hunt_id: _Optional[str] = ..., tag_id: _Optional[str] = ..., location: _Optional[_Union[_common_pb2.GeoPoint, _Mapping]] = ..., accuracy_m: _Optional[float] = ..., scanned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., client_scan_id: _Optional[str] = ...) -> None: ...
 
 class SubmitScanResponse(_message.Message):
-    __slots__ = ("scan_id", "outcome", "points_awarded", "total_points", "checkpoint_id", "checkpoint_name", "first_finder", "status")
+    __slots__ = ("scan_id", "outcome", "points_awarded", "total_points", "checkpoint_id", "checkpoint_name", "first_finder", "status", "hunt_id")
     SCAN_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     POINTS_AWARDED_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +67,7 @@ class SubmitScanResponse(_message.Message):
     CHECKPOINT_NAME_FIELD_NUMBER: _ClassVar[int]
     FIRST_FINDER_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    HUNT_ID_FIELD_NUMBER: _ClassVar[int]
     scan_id: str
     outcome: ScanOutcome
     points_awarded: int
@@ -73,7 +76,8 @@ class SubmitScanResponse(_message.Message):
     checkpoint_name: str
     first_finder: bool
     status: ScanStatus
-    def __init__(self, scan_id: _Optional[str] = ..., outcome: _Optional[_Union[ScanOutcome, str]] = ..., points_awarded: _Optional[int] = ..., total_points: _Optional[int] = ..., checkpoint_id: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., first_finder: _Optional[bool] = ..., status: _Optional[_Union[ScanStatus, str]] = ...) -> None: ...
+    hunt_id: str
+    def __init__(self, scan_id: _Optional[str] = ..., outcome: _Optional[_Union[ScanOutcome, str]] = ..., points_awarded: _Optional[int] = ..., total_points: _Optional[int] = ..., checkpoint_id: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., first_finder: _Optional[bool] = ..., status: _Optional[_Union[ScanStatus, str]] = ..., hunt_id: _Optional[str] = ...) -> None: ...
 
 class Scan(_message.Message):
     __slots__ = ("scan_id", "player_id", "hunt_id", "tag_id", "location", "accuracy_m", "scanned_at", "client_scan_id", "received_at", "status", "outcome", "points_awarded", "total_points", "checkpoint_id", "checkpoint_name", "first_finder", "applied_at")

@@ -29,7 +29,10 @@ class ScanServiceStub:
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    player scans too often; FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED,
+    google.rpc.ErrorInfo metadata `scan_id` naming the first scan) when a
+    client_scan_id is reused for a different scan; UNAVAILABLE (with
+    google.rpc.RetryInfo) when the
     service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
     store it needs is down: retry with the same client_scan_id;
     UNAUTHENTICATED / PERMISSION_DENIED for tokens.
@@ -63,7 +66,10 @@ class ScanServiceServicer:
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    player scans too often; FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED,
+    google.rpc.ErrorInfo metadata `scan_id` naming the first scan) when a
+    client_scan_id is reused for a different scan; UNAVAILABLE (with
+    google.rpc.RetryInfo) when the
     service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
     store it needs is down: retry with the same client_scan_id;
     UNAUTHENTICATED / PERMISSION_DENIED for tokens.
@@ -71,8 +77,12 @@ class ScanServiceServicer:
     """
 
     def SubmitScan(self, request, context):
-        """Submits one scan. Idempotent by (player_id, client_scan_id): a repeat,
-        also a concurrent one, returns the first answer.
+        """Submits one scan. Idempotent by (player_id, hunt_id, client_scan_id): an
+        exact repeat, also a concurrent one, or one sent after scanned_at has
+        grown older than the max scan age, returns the first answer. A repeat
+        whose tag_id, location, accuracy_m or scanned_at differ from the first
+        request's is refused (FAILED_PRECONDITION, IDEMPOTENCY_KEY_REUSED) and
+        changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +132,10 @@ class ScanService:
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    player scans too often; FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED,
+    google.rpc.ErrorInfo metadata `scan_id` naming the first scan) when a
+    client_scan_id is reused for a different scan; UNAVAILABLE (with
+    google.rpc.RetryInfo) when the
     service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
     store it needs is down: retry with the same client_scan_id;
     UNAUTHENTICATED / PERMISSION_DENIED for tokens.

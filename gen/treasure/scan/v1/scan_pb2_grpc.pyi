@@ -35,7 +35,10 @@ class ScanServiceStub:
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    player scans too often; FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED,
+    google.rpc.ErrorInfo metadata `scan_id` naming the first scan) when a
+    client_scan_id is reused for a different scan; UNAVAILABLE (with
+    google.rpc.RetryInfo) when the
     service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
     store it needs is down: retry with the same client_scan_id;
     UNAUTHENTICATED / PERMISSION_DENIED for tokens.
@@ -47,8 +50,12 @@ class ScanServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ScanServiceAsyncStub: ...
     SubmitScan: _grpc.UnaryUnaryMultiCallable[_scan_pb2.SubmitScanRequest, _scan_pb2.SubmitScanResponse]
-    """Submits one scan. Idempotent by (player_id, client_scan_id): a repeat,
-    also a concurrent one, returns the first answer.
+    """Submits one scan. Idempotent by (player_id, hunt_id, client_scan_id): an
+    exact repeat, also a concurrent one, or one sent after scanned_at has
+    grown older than the max scan age, returns the first answer. A repeat
+    whose tag_id, location, accuracy_m or scanned_at differ from the first
+    request's is refused (FAILED_PRECONDITION, IDEMPOTENCY_KEY_REUSED) and
+    changes nothing.
     """
     GetScan: _grpc.UnaryUnaryMultiCallable[_scan_pb2.GetScanRequest, _scan_pb2.GetScanResponse]
     """Reads one scan. NOT_FOUND for an unknown scan_id."""
@@ -60,7 +67,10 @@ class ScanServiceAsyncStub(ScanServiceStub):
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    player scans too often; FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED,
+    google.rpc.ErrorInfo metadata `scan_id` naming the first scan) when a
+    client_scan_id is reused for a different scan; UNAVAILABLE (with
+    google.rpc.RetryInfo) when the
     service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
     store it needs is down: retry with the same client_scan_id;
     UNAUTHENTICATED / PERMISSION_DENIED for tokens.
@@ -69,8 +79,12 @@ class ScanServiceAsyncStub(ScanServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitScan: _aio.UnaryUnaryMultiCallable[_scan_pb2.SubmitScanRequest, _scan_pb2.SubmitScanResponse]  # type: ignore[assignment]
-    """Submits one scan. Idempotent by (player_id, client_scan_id): a repeat,
-    also a concurrent one, returns the first answer.
+    """Submits one scan. Idempotent by (player_id, hunt_id, client_scan_id): an
+    exact repeat, also a concurrent one, or one sent after scanned_at has
+    grown older than the max scan age, returns the first answer. A repeat
+    whose tag_id, location, accuracy_m or scanned_at differ from the first
+    request's is refused (FAILED_PRECONDITION, IDEMPOTENCY_KEY_REUSED) and
+    changes nothing.
     """
     GetScan: _aio.UnaryUnaryMultiCallable[_scan_pb2.GetScanRequest, _scan_pb2.GetScanResponse]  # type: ignore[assignment]
     """Reads one scan. NOT_FOUND for an unknown scan_id."""
@@ -81,7 +95,10 @@ class ScanServiceServicer(metaclass=_abc_1.ABCMeta):
     """ScanService records every scan before acting on it and answers with the
     game outcome. Game outcomes are answers, not errors. Errors: INVALID_ARGUMENT
     for malformed input; RESOURCE_EXHAUSTED (with google.rpc.RetryInfo) when a
-    player scans too often; UNAVAILABLE (with google.rpc.RetryInfo) when the
+    player scans too often; FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED,
+    google.rpc.ErrorInfo metadata `scan_id` naming the first scan) when a
+    client_scan_id is reused for a different scan; UNAVAILABLE (with
+    google.rpc.RetryInfo) when the
     service is at capacity (reason SCAN_OVERLOADED: nothing was recorded) or a
     store it needs is down: retry with the same client_scan_id;
     UNAUTHENTICATED / PERMISSION_DENIED for tokens.
@@ -94,8 +111,12 @@ class ScanServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scan_pb2.SubmitScanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scan_pb2.SubmitScanResponse, _abc.Awaitable[_scan_pb2.SubmitScanResponse]]:
-        """Submits one scan. Idempotent by (player_id, client_scan_id): a repeat,
-        also a concurrent one, returns the first answer.
+        """Submits one scan. Idempotent by (player_id, hunt_id, client_scan_id): an
+        exact repeat, also a concurrent one, or one sent after scanned_at has
+        grown older than the max scan age, returns the first answer. A repeat
+        whose tag_id, location, accuracy_m or scanned_at differ from the first
+        request's is refused (FAILED_PRECONDITION, IDEMPOTENCY_KEY_REUSED) and
+        changes nothing.
         """
 
     @_abc_1.abstractmethod

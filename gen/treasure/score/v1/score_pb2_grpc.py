@@ -75,13 +75,15 @@ class ScoreServiceServicer:
 
     def GetScore(self, request, context):
         """A player's total in a hunt (zero for a player without unlocks).
+        NOT_FOUND (reason HUNT_NOT_FOUND) for a hunt that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProgress(self, request, context):
-        """A player's total and the checkpoints unlocked, oldest first.
+        """A player's total and the checkpoints unlocked, oldest first. NOT_FOUND
+        (reason HUNT_NOT_FOUND) for a hunt that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

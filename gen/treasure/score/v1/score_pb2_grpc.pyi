@@ -45,9 +45,13 @@ class ScoreServiceStub:
     by (hunt_id, player_id, checkpoint_id).
     """
     GetScore: _grpc.UnaryUnaryMultiCallable[_score_pb2.GetScoreRequest, _score_pb2.GetScoreResponse]
-    """A player's total in a hunt (zero for a player without unlocks)."""
+    """A player's total in a hunt (zero for a player without unlocks).
+    NOT_FOUND (reason HUNT_NOT_FOUND) for a hunt that does not exist.
+    """
     GetProgress: _grpc.UnaryUnaryMultiCallable[_score_pb2.GetProgressRequest, _score_pb2.GetProgressResponse]
-    """A player's total and the checkpoints unlocked, oldest first."""
+    """A player's total and the checkpoints unlocked, oldest first. NOT_FOUND
+    (reason HUNT_NOT_FOUND) for a hunt that does not exist.
+    """
     StreamScores: _grpc.UnaryStreamMultiCallable[_score_pb2.StreamScoresRequest, _score_pb2.StreamScoresResponse]
     """Internal: every total of a hunt, in pages of bounded size, ordered by
     player_id. Used to rebuild leaderboards.
@@ -66,9 +70,13 @@ class ScoreServiceAsyncStub(ScoreServiceStub):
     by (hunt_id, player_id, checkpoint_id).
     """
     GetScore: _aio.UnaryUnaryMultiCallable[_score_pb2.GetScoreRequest, _score_pb2.GetScoreResponse]  # type: ignore[assignment]
-    """A player's total in a hunt (zero for a player without unlocks)."""
+    """A player's total in a hunt (zero for a player without unlocks).
+    NOT_FOUND (reason HUNT_NOT_FOUND) for a hunt that does not exist.
+    """
     GetProgress: _aio.UnaryUnaryMultiCallable[_score_pb2.GetProgressRequest, _score_pb2.GetProgressResponse]  # type: ignore[assignment]
-    """A player's total and the checkpoints unlocked, oldest first."""
+    """A player's total and the checkpoints unlocked, oldest first. NOT_FOUND
+    (reason HUNT_NOT_FOUND) for a hunt that does not exist.
+    """
     StreamScores: _aio.UnaryStreamMultiCallable[_score_pb2.StreamScoresRequest, _score_pb2.StreamScoresResponse]  # type: ignore[assignment]
     """Internal: every total of a hunt, in pages of bounded size, ordered by
     player_id. Used to rebuild leaderboards.
@@ -96,7 +104,9 @@ class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _score_pb2.GetScoreRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_score_pb2.GetScoreResponse, _abc.Awaitable[_score_pb2.GetScoreResponse]]:
-        """A player's total in a hunt (zero for a player without unlocks)."""
+        """A player's total in a hunt (zero for a player without unlocks).
+        NOT_FOUND (reason HUNT_NOT_FOUND) for a hunt that does not exist.
+        """
 
     @_abc_1.abstractmethod
     def GetProgress(
@@ -104,7 +114,9 @@ class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _score_pb2.GetProgressRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_score_pb2.GetProgressResponse, _abc.Awaitable[_score_pb2.GetProgressResponse]]:
-        """A player's total and the checkpoints unlocked, oldest first."""
+        """A player's total and the checkpoints unlocked, oldest first. NOT_FOUND
+        (reason HUNT_NOT_FOUND) for a hunt that does not exist.
+        """
 
     @_abc_1.abstractmethod
     def StreamScores(

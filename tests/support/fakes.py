@@ -1,0 +1,32 @@
+"""Servicer doubles for transport tests (bootstrap, TLS): they answer without
+any store, so only the server plumbing around them is under test."""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.errors import InvalidArgument
+from tests.support.env import CLIENT_TOKEN
+from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
+
+
+class FakeGeo(geo_pb2_grpc.GeoServiceServicer):
+    """Only the transport is under test here; the real geo has its own tests."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def CheckIn(self, request, context):
+        return geo_pb2.CheckInResponse(distance_m=1.0)
+
+    async def GetHunt(self, request, context):  # a slow call, for shutdown
+        self.entered.set()
+        await self.release.wait()
+        return geo_pb2.GetHuntResponse(hunt=geo_pb2.Hunt(hunt_id=request.hunt_id))
+
+    async def CreateHunt(self, request, context):
+        raise InvalidArgument("hunt.name", "is required")
+
+    async def ListHunts(self, request, context):
+        raise RuntimeError(f"boom with {CLIENT_TOKEN} inside")
