@@ -33,9 +33,10 @@ protos: venv ## generate Python stubs and .pyi for every proto into gen/
 check-protos: venv ## fail when gen/ drifted from protos/
 	$(PY) -m pytest -q tests/unit/test_generated_stubs.py
 
-lint: venv ## buf lint (STANDARD) and ruff
+lint: venv ## buf lint (STANDARD), ruff, and mypy on libs/, services/ and tools/
 	$(VENV)/bin/buf lint protos
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: deps lint ## the whole suite on standalone Redis, then integration + e2e on Redis Clusters
 	@echo "== make test: the whole suite, each service on a standalone Redis =="

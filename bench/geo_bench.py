@@ -26,8 +26,8 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from libs.localinfra import RedisServer, find_postgres, free_port
-from tests.support.geo import Geo, checkpoint_message, geo_service, hunt_message
+from tools.inprocess import Geo, checkpoint_message, geo_service, hunt_message
+from tools.localinfra import RedisServer, find_postgres, free_port, throwaway_database
 from treasure.geo.v1 import geo_pb2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,14 +158,14 @@ async def _check_ins(
 
 async def run(quick: bool, admin_dsn: str) -> dict:
     database = f"geo_bench_{os.getpid()}"
-    dsn = f"{admin_dsn.rpartition('/')[0]}/{database}"
     redis = RedisServer(
         REPO / "services" / "geo" / "redis.conf", free_port(), RUN_DIR / f"redis-geo-{os.getpid()}"
     ).start()
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{database}"')
     try:
-        async with geo_service(dsn, redis.url, GEO_METRICS_LISTEN="off") as geo:
+        async with (
+            throwaway_database(admin_dsn, database) as dsn,
+            geo_service(dsn, redis.url, GEO_METRICS_LISTEN="off") as geo,
+        ):
             checkpoints = await _seed(geo, dsn)
             seconds = 4.0 if quick else 20.0
             results: dict[str, object] = {
@@ -194,8 +194,6 @@ async def run(quick: bool, admin_dsn: str) -> dict:
                 results[key] = await _get_tiles_open_loop(geo, rate, seconds)
                 print(f"GetTile, offered {rate:g}/s: {results[key]}")
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
         redis.stop()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

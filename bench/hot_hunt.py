@@ -6,7 +6,7 @@ the geo sets) sit in one slot, so one master. This measures what that costs
 under the demo's load:
 
 1. a private stack, each service on its own 3-master Redis Cluster
-   (tests/support/stack.py `Stack` with TEST_REDIS=cluster; every port free);
+   (tools/stack.py `Stack` with `cluster`; every port free);
 2. the demo hunt imported, then the demo's simulated festival (tools/demo.py,
    in its own process) playing that one hunt;
 3. before and after, on every master of every service's cluster: INFO
@@ -40,9 +40,10 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from bench.run import HUNT_FILE, drop_db, import_hunt, prepare_db
-from libs.localinfra import RedisCluster, find_postgres, free_port
+from bench.run import HUNT_FILE, import_hunt
 from tools.huntctl import load_hunt_file
+from tools.localinfra import RedisCluster, find_postgres, free_port, throwaway_database
+from tools.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -294,30 +295,29 @@ def write_results(report: dict) -> None:
 
 
 async def main_async(args: argparse.Namespace, admin_dsn: str, run_dir: Path) -> dict:
-    from tests.support.stack import Stack
-
     hunt, _checkpoints, _tiles = load_hunt_file(HUNT_FILE)
     database = f"thbench_hot_{os.getpid()}"
-    dsn = await prepare_db(admin_dsn, database)
-    os.environ["TEST_REDIS"] = "cluster"  # Stack's Redis: one 3-master cluster per service
-    stack = Stack(run_dir / "stack", dsn, LOG_LEVEL="WARNING", SCAN_RATE_LIMIT="100")
-    try:
-        await stack.start()
-        clusters = {name: stack.redis[name] for name in SERVICES}
-        owners = {name: await owner_port(c, hunt.hunt_id) for name, c in clusters.items()}
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is this tool's JSON
-            await import_hunt(stack)
-        monitors = {s: await Monitor(owners[s], hunt.hunt_id).start() for s in SERVICES}
-        before = await snapshot(clusters)
-        started = time.monotonic()
-        summary = await run_demo(stack, args.players, args.duration, run_dir / "demo.log")
-        elapsed = time.monotonic() - started
-        after = await snapshot(clusters)
-        samples = {s: await monitor.stop() for s, monitor in monitors.items()}
-        keys_ = {s: await hunt_keys(owners[s], hunt.hunt_id) for s in SERVICES}
-    finally:
-        await stack.stop()
-        await drop_db(admin_dsn, database)
+    async with throwaway_database(admin_dsn, database) as dsn:
+        # Each service on one 3-master Redis Cluster of its own.
+        stack = Stack(
+            run_dir / "stack", dsn, cluster=True, LOG_LEVEL="WARNING", SCAN_RATE_LIMIT="100"
+        )
+        try:
+            await stack.start()
+            clusters = {name: stack.redis[name] for name in SERVICES}
+            owners = {name: await owner_port(c, hunt.hunt_id) for name, c in clusters.items()}
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is this tool's JSON
+                await import_hunt(stack)
+            monitors = {s: await Monitor(owners[s], hunt.hunt_id).start() for s in SERVICES}
+            before = await snapshot(clusters)
+            started = time.monotonic()
+            summary = await run_demo(stack, args.players, args.duration, run_dir / "demo.log")
+            elapsed = time.monotonic() - started
+            after = await snapshot(clusters)
+            samples = {s: await monitor.stop() for s, monitor in monitors.items()}
+            keys_ = {s: await hunt_keys(owners[s], hunt.hunt_id) for s in SERVICES}
+        finally:
+            await stack.stop()
     scans = int(summary.get("count", 0))
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

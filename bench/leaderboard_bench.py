@@ -33,9 +33,9 @@ import asyncpg
 import grpc
 
 from libs import paging
-from libs.localinfra import RedisServer, find_postgres, free_port
 from services.leaderboard.__main__ import running
 from services.leaderboard.config import LeaderboardConfig
+from tools.localinfra import RedisServer, create_database, drop_database, find_postgres, free_port
 from treasure.geo.v1 import geo_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2 as lb_pb
 from treasure.leaderboard.v1 import leaderboard_pb2_grpc as lb_grpc
@@ -132,13 +132,7 @@ async def postgres_figures(
         find_postgres, os.environ.get("PG_DSN", ""), RUN, 55433
     )
     name = f"lbbench_{os.getpid()}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = f"{admin_dsn.rpartition('/')[0]}/{name}"
+    dsn = await create_database(admin_dsn, name)
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(
@@ -183,11 +177,7 @@ async def postgres_figures(
         }
     finally:
         await connection.close()
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(admin_dsn, name)
         if private is not None:
             private.stop()
 

@@ -1,7 +1,7 @@
 """Memory sizing: bytes per player and per checkpoint in each service's Redis.
 
 For each service, a private standalone Redis from services/<svc>/redis.conf
-(libs.localinfra.RedisServer on a free port) is filled through the service's
+(tools.localinfra.RedisServer on a free port) is filled through the service's
 own cache code (services/<svc>/cache.py write paths), with the demo hunt's
 checkpoints (demo/lisbon.yaml, 33) and N players (default 100,000):
 
@@ -46,14 +46,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from libs import rediskit
-from libs.localinfra import RedisServer, free_port
 from libs.metrics import Metrics
 from services.geo import keys as geo_keys
 from services.geo.cache import GeoCache, Versioned
 from services.geo.model import LIVE_WINDOW_S, Checkpoint, CheckpointSet, Grid, Hunt, HuntStatus
 from services.geo.model import Sighting as GeoSighting
 from services.leaderboard import keys as lb_keys
-from services.leaderboard.cache import BoardStore, Update
+from services.leaderboard.cache import BoardStore
+from services.leaderboard.model import Update
 from services.scan import keys as scan_keys
 from services.scan.cache import ScanCache
 from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
@@ -61,6 +61,7 @@ from services.score import keys as score_keys
 from services.score.cache import HotTier
 from services.score.model import Progress, Score, UnlockedCheckpoint
 from tools.huntctl import load_hunt_file
+from tools.localinfra import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -25,10 +25,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
-
-from libs.localinfra import find_postgres, free_port, stop_pid
-from tests.support.stack import Stack
+from tools.localinfra import create_database, drop_database, find_postgres, free_port, stop_pid
+from tools.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -124,25 +122,6 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-async def prepare_db(admin_dsn: str, name: str) -> str:
-    """A new, empty database `name` (dropped first if left over); its DSN."""
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return f"{admin_dsn.rpartition('/')[0]}/{name}"
-
-
-async def drop_db(admin_dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 async def import_hunt(stack: Stack) -> None:
     """`huntctl import` of the demo hunt into `stack` (its JSON on stdout)."""
     from tools.huntctl import Ctl
@@ -158,7 +137,7 @@ async def import_hunt(stack: Stack) -> None:
 
 def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
     name = f"thbench_{os.getpid()}"
-    dsn = asyncio.run(prepare_db(admin_dsn, name))
+    dsn = asyncio.run(create_database(admin_dsn, name))
     stack = Stack(
         REPO / ".run" / f"bench-{os.getpid()}", dsn, LOG_LEVEL="WARNING", SCAN_RATE_LIMIT="100"
     )
@@ -176,7 +155,7 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
         runs += run_traced(args, stack)
     finally:
         asyncio.run(stack.stop())
-        asyncio.run(drop_db(admin_dsn, name))
+        asyncio.run(drop_database(admin_dsn, name))
     return runs
 
 

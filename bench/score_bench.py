@@ -19,12 +19,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import redis.asyncio as aioredis
 import uvloop
 
-from libs.localinfra import RedisServer, find_postgres, free_port
-from tests.support.score import LeaderboardDouble, score_client, score_service
+from tools.doubles import LeaderboardDouble
+from tools.inprocess import score_client, score_service
+from tools.localinfra import RedisServer, find_postgres, free_port, throwaway_database
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / ".run" / "bench"
@@ -93,10 +93,6 @@ async def _reads(client, players: list[str], in_flight: int, before=None) -> dic
 async def run(quick: bool, admin_dsn: str) -> dict:
     seconds = 3.0 if quick else 15.0
     database = f"thbench_{uuid.uuid4().hex[:8]}"
-    connection = await asyncpg.connect(admin_dsn)
-    await connection.execute(f'CREATE DATABASE "{database}"')
-    await connection.close()
-    dsn = f"{admin_dsn.rpartition('/')[0]}/{database}"
     redis_server = RedisServer(
         REPO / "services" / "score" / "redis.conf", free_port(), RUN_DIR / f"redis-{os.getpid()}"
     ).start()
@@ -104,6 +100,7 @@ async def run(quick: bool, admin_dsn: str) -> dict:
     results: dict = {"quick": quick, "seconds_per_step": seconds, "unlock": {}, "get_score": {}}
     try:
         async with (
+            throwaway_database(admin_dsn, database) as dsn,
             score_service(
                 dsn,
                 redis_server.url,
@@ -150,9 +147,6 @@ async def run(quick: bool, admin_dsn: str) -> dict:
     finally:
         await leaderboard.stop()
         redis_server.stop()
-        connection = await asyncpg.connect(admin_dsn)
-        await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await connection.close()
     return results
 
 

@@ -1,6 +1,6 @@
 """Plumbing shared by every service: config, telemetry, logging, the gRPC server
-bootstrap, auth, error mapping, Redis and Postgres helpers, bounded caches and
-test fixtures. No game logic lives here.
+bootstrap, auth, error mapping, Redis and Postgres helpers and bounded caches.
+No game logic lives here, and no local servers (those are in tools/).
 
 Importing this package sets one process-wide default that must be in place
 before gRPC loads: gRPC's I/O runs on the aio poller thread (the

@@ -8,15 +8,25 @@ callers of one key share one call, so a burst of misses costs one load.
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, Literal, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-MISSING: object = object()
+
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
+
+
+#: What `TtlCache.get` answers for an absent or expired key (`is MISSING`
+#: narrows the type for mypy).
+MISSING: Final = _Missing.MISSING
+Missing = Literal[_Missing.MISSING]
 
 
 class TtlCache(Generic[K, V]):
@@ -32,7 +42,7 @@ class TtlCache(Generic[K, V]):
         self._clock = clock
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
-    def get(self, key: K) -> V | object:
+    def get(self, key: K) -> V | Missing:
         """The value, or MISSING when absent or expired."""
         item = self._data.get(key)
         if item is None:
@@ -73,7 +83,7 @@ class SingleFlight(Generic[K, V]):
         if task is None:
             task = asyncio.ensure_future(load())
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, k=key: self._forget(k, _t))
+            task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
 
     def _forget(self, key: K, task: asyncio.Task[V]) -> None:

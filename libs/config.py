@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 _REQUIRED = object()
 
@@ -19,14 +20,21 @@ class ConfigError(Exception):
     """One or more settings are missing or invalid; the message names each."""
 
 
+# The builtins, for annotations inside Env, whose methods are named after them.
+_Str: TypeAlias = str
+_Int: TypeAlias = int
+_Float: TypeAlias = float
+_Bool: TypeAlias = bool
+
+
 class Env:
     """Typed reads of settings that remember every problem until `finish()`."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[_Str, _Str]) -> None:
         self._environ = environ
         self._problems: list[str] = []
 
-    def _raw(self, name: str, default: object) -> str | None:
+    def _raw(self, name: _Str, default: object) -> _Str | None:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             if default is _REQUIRED:
@@ -34,7 +42,7 @@ class Env:
             return None
         return value.strip()
 
-    def str(self, name: str, default: object = _REQUIRED) -> str:
+    def str(self, name: _Str, default: object = _REQUIRED) -> _Str:
         value = self._raw(name, default)
         if value is None:
             return "" if default is _REQUIRED else str(default)
@@ -42,15 +50,15 @@ class Env:
 
     def int(
         self,
-        name: str,
+        name: _Str,
         default: object = _REQUIRED,
         *,
-        min: int | None = None,
-        max: int | None = None,
-    ) -> int:
+        min: _Int | None = None,
+        max: _Int | None = None,
+    ) -> _Int:
         value = self._raw(name, default)
         if value is None:
-            return 0 if default is _REQUIRED else int(default)  # type: ignore[call-overload]
+            return 0 if default is _REQUIRED else int(cast(_Int, default))
         try:
             number = int(value)
         except ValueError:
@@ -61,15 +69,15 @@ class Env:
 
     def float(
         self,
-        name: str,
+        name: _Str,
         default: object = _REQUIRED,
         *,
-        min: float | None = None,
-        max: float | None = None,
-    ) -> float:
+        min: _Float | None = None,
+        max: _Float | None = None,
+    ) -> _Float:
         value = self._raw(name, default)
         if value is None:
-            return 0.0 if default is _REQUIRED else float(default)  # type: ignore[arg-type]
+            return 0.0 if default is _REQUIRED else float(cast(_Float, default))
         try:
             number = float(value)
         except ValueError:
@@ -81,7 +89,7 @@ class Env:
         self._check_range(name, number, min, max)
         return number
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: _Str, default: _Bool) -> _Bool:
         value = self._raw(name, default)
         if value is None:
             return default
@@ -93,20 +101,22 @@ class Env:
         self._problems.append(f"{name} must be true or false, got {value!r}")
         return default
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def list(self, name: _Str) -> tuple[_Str, ...]:
         """A comma-separated list; empty when unset."""
         value = self._raw(name, "")
         if value is None:
             return ()
         return tuple(item.strip() for item in value.split(",") if item.strip())
 
-    def _check_range(self, name: str, number: float, low: float | None, high: float | None) -> None:
+    def _check_range(
+        self, name: _Str, number: _Float, low: _Float | None, high: _Float | None
+    ) -> None:
         if low is not None and number < low:
             self._problems.append(f"{name} must be >= {low}, got {number}")
         if high is not None and number > high:
             self._problems.append(f"{name} must be <= {high}, got {number}")
 
-    def problem(self, message: str) -> None:
+    def problem(self, message: _Str) -> None:
         """Records a problem found by a check across settings."""
         self._problems.append(message)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -48,7 +49,7 @@ class Metrics:
             ["cache", "tier", "result"],
             registry=self.registry,
         )
-        self._server = None
+        self._server: WSGIServer | None = None  # /metrics, once serving
 
     def cache_hit(self, cache: str, tier: str) -> None:
         self.cache_requests.labels(cache, tier, "hit").inc()

@@ -20,12 +20,13 @@ applied file whose content changed is an error, not silently skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -72,26 +73,42 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+#: sqlstate -> the service error it means, for errors a service raises on
+#: purpose in its own SQL (e.g. a PL/pgSQL `RAISE ... USING ERRCODE`).
+ErrorStates = Mapping[str, Callable[[BaseException], errors.ServiceError]]
+
+
+@contextlib.contextmanager
+def mapped_errors(what: str, states: ErrorStates | None = None) -> Iterator[None]:
+    """The one Postgres error mapper: an error whose sqlstate is in `states`
+    becomes that service error; a transient failure becomes `errors.Unavailable`
+    ("`what`: postgres is unavailable", retry hint); others pass unchanged."""
+    try:
+        yield
+    except POSTGRES_ERRORS as exc:
+        state = getattr(exc, "sqlstate", None)
+        if states is not None and isinstance(state, str) and state in states:
+            raise states[state](exc) from exc
+        if not is_transient(exc):
+            raise
+        log.warning("postgres unavailable: %s: %s", what, exc)
+        raise errors.Unavailable(
+            f"{what}: postgres is unavailable",
+            retry_after_s=0.5,
+            reason="STORE_UNAVAILABLE",
+        ) from exc
+
+
 def unavailable_when_down(
-    what: str,
+    what: str, states: ErrorStates | None = None
 ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
-    """Decorates a store method: transient Postgres failures become
-    `errors.Unavailable` ("`what`: postgres is unavailable"); others pass."""
+    """Decorates a store method with `mapped_errors(what, states)`."""
 
     def decorate(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
         @functools.wraps(method)
         async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            try:
+            with mapped_errors(what, states):
                 return await method(*args, **kwargs)
-            except POSTGRES_ERRORS as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("postgres unavailable: %s: %s", what, exc)
-                raise errors.Unavailable(
-                    f"{what}: postgres is unavailable",
-                    retry_after_s=0.5,
-                    reason="STORE_UNAVAILABLE",
-                ) from exc
 
         return guarded
 

@@ -182,7 +182,7 @@ class ServiceHandlers:
         code = abort.code if abort else grpc.StatusCode.OK
         self._metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
         _record_status(code)
-        trailer = [(TRACE_ID_TRAILER, current_trace_id())]
+        trailer: list[tuple[str, str | bytes]] = [(TRACE_ID_TRAILER, current_trace_id())]
         if abort is None:
             context.set_trailing_metadata(trailer)
             return

@@ -285,7 +285,8 @@ def _bind(server: grpc.aio.Server, settings: ServiceSettings) -> int:
 
 
 class _HasCommon(Protocol):
-    common: ServiceSettings
+    @property
+    def common(self) -> ServiceSettings: ...  # a read-only field of a frozen config
 
 
 C = TypeVar("C", bound=_HasCommon)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -62,12 +63,19 @@ def page_size(field: str, value: int, *, default: int, maximum: int) -> int:
     return require_int(field, value, low=1, high=maximum)
 
 
-def require_point(field: str, message: object, present: bool) -> tuple[float, float]:
+class _Point(Protocol):
+    """treasure.common.v1.GeoPoint, as validation reads it."""
+
+    lat: float
+    lon: float
+
+
+def require_point(field: str, message: _Point, present: bool) -> tuple[float, float]:
     """A treasure.common.v1.GeoPoint: required, lat in [-90, 90], lon in [-180, 180]."""
     if not present:
         raise InvalidArgument(field, "is required")
-    lat = require_number(f"{field}.lat", message.lat, low=-90.0, high=90.0)  # type: ignore[attr-defined]
-    lon = require_number(f"{field}.lon", message.lon, low=-180.0, high=180.0)  # type: ignore[attr-defined]
+    lat = require_number(f"{field}.lat", message.lat, low=-90.0, high=90.0)
+    lon = require_number(f"{field}.lon", message.lon, low=-180.0, high=180.0)
     return lat, lon
 
 

@@ -2,8 +2,9 @@
 migrated template), one Redis server per service started from the repo's
 pinned configs (flushed before each test), and a check that no test leaves an
 unhandled exception on the event loop. Servers are started, never skipped.
-The helpers these use (paths, DSNs, starting and flushing a Redis) are in
-tests/support/infra.py: import them from there, never from this file."""
+The helpers these use are in tests/support/infra.py (paths, flushing a Redis),
+tools/localinfra.py (Postgres, databases) and tools/stack.py (a service's
+Redis, the migrations): import them from there, never from this file."""
 
 from __future__ import annotations
 
@@ -14,19 +15,17 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import asyncpg
 import pytest
 
-from libs import pg
-from libs.localinfra import RedisCluster, RedisServer, find_postgres
-from tests.support.infra import (
-    RUN_DIR,
-    SERVICES,
-    SERVICES_WITH_PG,
-    dsn_for,
-    flush,
-    migrations_of,
-    start_redis,
+from tests.support.infra import RUN_DIR, SERVICES, cluster_mode, flush
+from tools import stack
+from tools.localinfra import (
+    RedisCluster,
+    RedisServer,
+    create_database,
+    drop_database,
+    find_postgres,
+    throwaway_database,
 )
 
 
@@ -38,45 +37,21 @@ def pg_admin_dsn() -> Iterator[str]:
         private.stop()
 
 
-async def _drop(admin_dsn: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 async def pg_template(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A database with every service's migrations applied, cloned per test."""
     name = f"thtest_tpl_{os.getpid()}"
-    connection = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    pool = await pg.create_pool(dsn_for(pg_admin_dsn, name), min_size=1, max_size=2)
-    try:
-        for service in SERVICES_WITH_PG:
-            await pg.migrate(pool, service, migrations_of(service))
-    finally:
-        await pool.close()
+    await stack.migrate(await create_database(pg_admin_dsn, name))
     yield name
-    await _drop(pg_admin_dsn, name)
+    await drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
 async def pg_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test; dropped afterwards."""
     name = f"thtest_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    connection = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await connection.close()
-    yield dsn_for(pg_admin_dsn, name)
-    await _drop(pg_admin_dsn, name)
+    async with throwaway_database(pg_admin_dsn, name, template=pg_template) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +64,10 @@ def redis_servers() -> Iterator[dict[str, RedisServer | RedisCluster]]:
         with ThreadPoolExecutor(len(SERVICES)) as pool:
             starting = {
                 service: pool.submit(
-                    start_redis, service, RUN_DIR / f"redis-{service}-{os.getpid()}"
+                    stack.start_redis,
+                    service,
+                    RUN_DIR / f"redis-{service}-{os.getpid()}",
+                    cluster=cluster_mode(),
                 )
                 for service in SERVICES
             }

@@ -1,12 +1,19 @@
-"""The local stack: `python -m tools.stack up|down|status|env`.
+"""The local stack: one library for `make up`, the end-to-end tests and the
+benchmarks, and its command line, `python -m tools.stack up|down|status`.
+
+`Stack` runs the four services as processes, each on its own Redis from its
+pinned config (services/<name>/redis.conf; standalone, or a 3-master Redis
+Cluster), on a Postgres database made beforehand (tools/localinfra.py).
+`stack_env` is the one place the services' settings for it are written.
+Ports are fixed (the ones `make up` serves on) or free (tests, benchmarks).
 
 `up` finds or starts Postgres (PG_DSN; else 127.0.0.1:5432; else a private
-cluster under .run/), creates the `treasure` database, starts one
-redis-server per service from its pinned config (services/<name>/redis.conf,
-ports 6381-6384), applies every service's migrations, starts the four
-services as separate processes, waits until each reports SERVING, and prints
-endpoints, tokens and log files. Running it twice is safe: what runs is kept.
-`down` stops, by pid, exactly what `up` started and nothing else.
+cluster under .run/), creates the `treasure` database, starts one Redis per
+service (ports 6381-6384; CLUSTER=1: clusters on 7011-7043), applies every
+service's migrations, starts the four services (gRPC 50051-50054, metrics
+9101-9104) detached, waits until each reports SERVING, and prints endpoints,
+tokens and log files. Running it twice is safe: what runs is kept. `down`
+stops, by pid, exactly what `up` started and nothing else.
 """
 
 from __future__ import annotations
@@ -15,42 +22,379 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs import pg
-from libs.localinfra import (
+from tools import localinfra
+from tools.localinfra import (
     InfraError,
     PrivatePostgres,
     RedisCluster,
     RedisServer,
+    create_database,
     find_postgres,
+    free_ports,
     stop_pid,
-    wait_serving,
 )
+from treasure.geo.v1 import geo_pb2_grpc
+from treasure.leaderboard.v1 import leaderboard_pb2_grpc
+from treasure.scan.v1 import scan_pb2_grpc
+from treasure.score.v1 import score_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / ".run"
 PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 
-SERVICES = {  # name: (grpc port, metrics port, redis port)
+#: The services in the order they start (each one's peers first).
+ORDER = ("geo", "score", "leaderboard", "scan")
+WITH_PG = ("geo", "score", "scan")
+#: `make up`'s ports: name -> (gRPC, metrics, standalone Redis).
+FIXED_PORTS = {
     "geo": (50054, 9104, 6384),
     "score": (50052, 9102, 6382),
     "leaderboard": (50053, 9103, 6383),
     "scan": (50051, 9101, 6381),
 }
-WITH_PG = ("geo", "score", "scan")
 DATABASE = "treasure"
-LOCAL_TOKENS = {
-    "AUTH_CLIENT_TOKENS": "local-client-token",
-    "AUTH_SERVICE_TOKENS": "local-service-token",
-    "AUTH_ADMIN_TOKENS": "local-admin-token",
-    "AUTH_PEER_TOKEN": "local-service-token",
+
+#: The local stack's tokens (for the local stack and the tests only).
+CLIENT_TOKEN = "local-client-token"
+SERVICE_TOKEN = "local-service-token"
+ADMIN_TOKEN = "local-admin-token"
+TOKENS = {
+    "AUTH_CLIENT_TOKENS": CLIENT_TOKEN,
+    "AUTH_SERVICE_TOKENS": SERVICE_TOKEN,
+    "AUTH_ADMIN_TOKENS": ADMIN_TOKEN,
+    "AUTH_PEER_TOKEN": SERVICE_TOKEN,
 }
+
+#: The settings of a stack that lives for one run (tests, benchmarks): a
+#: short shutdown grace and startup timeout. `make up` keeps the defaults.
+SHORT_LIVED = {"SHUTDOWN_GRACE_S": "3", "STARTUP_TIMEOUT_S": "20", "LOG_LEVEL": "INFO"}
+
+#: Channels to the stack reconnect at once when a service comes back (gRPC's
+#: default reconnect backoff grows to minutes; a caller must not wait on it).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def cluster_ports(name: str) -> list[int]:
+    """With fixed ports, service N's Redis Cluster masters listen on 70N1-70N3."""
+    index = list(FIXED_PORTS).index(name) + 1
+    return [7000 + index * 10 + i for i in (1, 2, 3)]
+
+
+def stack_env(
+    pg_dsn: str,
+    grpc_ports: Mapping[str, int],
+    metrics_ports: Mapping[str, int],
+    redis_urls: Mapping[str, str],
+) -> dict[str, str]:
+    """Every setting of the four services in a local stack: tokens, where each
+    listens, its Redis, its peers' addresses and (but the leaderboard) Postgres."""
+    env = dict(TOKENS)
+    for name in ORDER:
+        prefix = name.upper()
+        env[f"{prefix}_GRPC_LISTEN"] = f"127.0.0.1:{grpc_ports[name]}"
+        env[f"{prefix}_METRICS_LISTEN"] = f"127.0.0.1:{metrics_ports[name]}"
+        env[f"{prefix}_REDIS_URL"] = redis_urls[name]
+        env[f"{prefix}_SERVICE_ADDR"] = f"127.0.0.1:{grpc_ports[name]}"
+        if name in WITH_PG:
+            env[f"{prefix}_PG_DSN"] = pg_dsn
+    return env
+
+
+def start_redis(
+    name: str,
+    workdir: Path,
+    *,
+    cluster: bool = False,
+    ports: list[int] | None = None,
+    detach: bool = False,
+) -> RedisServer | RedisCluster:
+    """A service's Redis from its pinned config under `workdir`: one server,
+    or a fresh 3-master cluster; on `ports` (one, or the masters') or free ones."""
+    config = REPO / "services" / name / "redis.conf"
+    if cluster:
+        for stale in workdir.glob("*/nodes-*.conf"):
+            stale.unlink()  # a fresh cluster each time
+        return RedisCluster(config, workdir, ports=list(ports or []), detach=detach).start()
+    if ports:
+        return RedisServer(config, ports[0], workdir, detach=detach).start()
+    return RedisServer.on_free_port(config, workdir, detach=detach)
+
+
+def spawn(
+    name: str, env: Mapping[str, str], log_path: Path, detach: bool = False
+) -> subprocess.Popen:
+    """`python -m services.<name>` as a real process with `env` added, its
+    output appended to `log_path`; in a session of its own when `detach`."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed by the process's end
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}"],
+        cwd=REPO,
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=detach,
+    )
+
+
+async def migrate(dsn: str) -> dict[str, list[int]]:
+    """Every service's migrations applied to the database at `dsn`; what each applied."""
+    pool = await pg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        return {
+            name: await pg.migrate(pool, name, REPO / "services" / name / "migrations")
+            for name in WITH_PG
+        }
+    finally:
+        await pool.close()
+
+
+class Stack:
+    """The four services as processes, each on its own Redis, on the Postgres
+    database `pg_dsn`; files (logs, Redis dirs) under `workdir`.
+
+    `fixed_ports`: the ports `make up` serves on (FIXED_PORTS, cluster_ports);
+    else free ones, chosen once the Redis servers hold theirs (a port picked
+    earlier is not bound yet, and a cluster node could pick it too).
+    `cluster`: each service on a 3-master Redis Cluster. A stack its process
+    owns (`detach` False: tests, benchmarks) lives for one run: its services
+    get SHORT_LIVED settings, and `stop()` ends them and the Redis servers. A
+    detached stack (`make up`) outlives the process that started it: its
+    processes run in sessions of their own with the services' default
+    settings, and are stopped by pid. `extra_env` is added to every
+    service's settings (and may change between restarts).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        pg_dsn: str,
+        *,
+        fixed_ports: bool = False,
+        cluster: bool = False,
+        detach: bool = False,
+        logs: Path | None = None,
+        **extra_env: str,
+    ) -> None:
+        self.workdir = workdir
+        self.pg_dsn = pg_dsn
+        self.fixed_ports = fixed_ports
+        self.cluster = cluster
+        self.detach = detach
+        self.logs = logs or workdir
+        self.extra_env = extra_env
+        self.redis: dict[str, RedisServer | RedisCluster] = {}
+        self.ports: dict[str, int] = {}
+        self.metrics_ports: dict[str, int] = {}
+        if fixed_ports:
+            self.ports = {name: FIXED_PORTS[name][0] for name in ORDER}
+            self.metrics_ports = {name: FIXED_PORTS[name][1] for name in ORDER}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._channels: list[grpc.aio.Channel] = []
+
+    def addr(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def redis_ports(self, name: str) -> list[int] | None:
+        """The port(s) a service's Redis is to listen on; None: free ones."""
+        if not self.fixed_ports:
+            return None
+        return cluster_ports(name) if self.cluster else [FIXED_PORTS[name][2]]
+
+    def redis_url(self, name: str) -> str:
+        if name in self.redis:
+            return self.redis[name].url
+        ports = self.redis_ports(name)  # fixed: known before (or without) starting it
+        if ports is None:
+            raise KeyError(f"the {name} Redis has not started: its port is not chosen yet")
+        scheme = "redis+cluster" if self.cluster else "redis"
+        return f"{scheme}://127.0.0.1:{ports[0]}" + ("" if self.cluster else "/0")
+
+    def env(self) -> dict[str, str]:
+        env = stack_env(
+            self.pg_dsn, self.ports, self.metrics_ports, {n: self.redis_url(n) for n in ORDER}
+        )
+        if not self.detach:
+            env.update(SHORT_LIVED)
+        env.update(self.extra_env)
+        return env
+
+    def launch_redis(self, name: str) -> RedisServer | RedisCluster:
+        """Starts a service's Redis (blocking); the stack stops it in `stop()`."""
+        suffix = "-cluster" if self.cluster else ""
+        server = start_redis(
+            name,
+            self.workdir / f"redis-{name}{suffix}",
+            cluster=self.cluster,
+            ports=self.redis_ports(name),
+            detach=self.detach,
+        )
+        self.redis[name] = server
+        return server
+
+    async def start(self) -> Stack:
+        """Every Redis, then every service; returns once all are SERVING."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Side by side: a Redis Cluster takes about 2 s to agree it is whole.
+        started = await asyncio.gather(
+            *(asyncio.to_thread(self.launch_redis, name) for name in ORDER),
+            return_exceptions=True,
+        )
+        for failed in started:
+            if isinstance(failed, BaseException):
+                raise failed  # stop() stops whatever did start
+        if not self.fixed_ports:
+            ports = free_ports(2 * len(ORDER))
+            self.ports = dict(zip(ORDER, ports[: len(ORDER)], strict=True))
+            self.metrics_ports = dict(zip(ORDER, ports[len(ORDER) :], strict=True))
+        for name in ORDER:
+            self.spawn(name)
+        await self.wait_serving()
+        return self
+
+    def spawn(self, name: str) -> subprocess.Popen:
+        """Starts a service's process (it runs until stopped or killed)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        process = spawn(name, self.env(), self.logs / f"{name}.log", detach=self.detach)
+        self.processes[name] = process
+        return process
+
+    async def wait_serving(self, names: Iterable[str] = ORDER, timeout_s: float = 30.0) -> None:
+        """Returns once each of `names` is SERVING; else raises TimeoutError
+        saying, for each that is not, its exit status and the end of its log."""
+        names = list(names)
+        ready = await asyncio.gather(
+            *(localinfra.wait_serving(self.addr(name), timeout_s) for name in names)
+        )
+        late = [name for name, ok in zip(names, ready, strict=True) if not ok]
+        if late:
+            raise TimeoutError("\n".join(self._not_serving(name, timeout_s) for name in late))
+
+    def _not_serving(self, name: str, timeout_s: float) -> str:
+        process = self.processes.get(name)
+        if process is None:
+            state = "started earlier"
+        elif (status := process.poll()) is None:
+            state = "running"
+        else:
+            state = f"exited {status}"
+        try:
+            tail = "\n".join(self.log(name).splitlines()[-15:])
+        except OSError:
+            tail = "(no log)"
+        return (
+            f"{name} on {self.addr(name)} not SERVING after {timeout_s:g}s ({state}); "
+            f"{self.logs / f'{name}.log'} ends:\n{tail}"
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        process.send_signal(sig)
+        process.wait(30)
+
+    async def stop_service(self, name: str) -> None:
+        """SIGTERM (graceful shutdown) and wait for the process to end."""
+        process = self.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(process.wait, 30)
+
+    async def restart(self, name: str) -> None:
+        """The service stopped (SIGTERM) and started again with `env()` as it is now."""
+        if self.processes[name].poll() is None:
+            self.kill(name, signal.SIGTERM)
+        self.spawn(name)
+        await self.wait_serving([name])
+
+    def pids(self) -> dict[str, int]:
+        """The pid of each service process."""
+        return {name: process.pid for name, process in self.processes.items()}
+
+    def exited(self) -> dict[str, int]:
+        """Services whose process has ended, with its exit status."""
+        return {
+            name: code
+            for name, process in self.processes.items()
+            if (code := process.poll()) is not None
+        }
+
+    async def health(self, timeout_s: float = 2.0) -> dict[str, str]:
+        """Each service's grpc.health.v1 status (or the error) right now."""
+        statuses: dict[str, str] = {}
+        for name in ORDER:
+            async with grpc.aio.insecure_channel(self.addr(name)) as channel:
+                try:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=timeout_s
+                    )
+                    statuses[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.aio.AioRpcError as err:
+                    statuses[name] = err.code().name
+        return statuses
+
+    def redis_nodes(self, name: str) -> list[RedisServer]:
+        """The redis-server processes of a service's Redis (one, or a cluster's masters)."""
+        server = self.redis[name]
+        return list(server.nodes) if isinstance(server, RedisCluster) else [server]
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """A channel to a service, closed by `stop()`."""
+        channel = grpc.aio.insecure_channel(self.addr(service), options=CHANNEL_OPTIONS)
+        self._channels.append(channel)
+        return channel
+
+    def scan(self) -> scan_pb2_grpc.ScanServiceStub:
+        return scan_pb2_grpc.ScanServiceStub(self.channel("scan"))
+
+    def geo(self) -> geo_pb2_grpc.GeoServiceStub:
+        return geo_pb2_grpc.GeoServiceStub(self.channel("geo"))
+
+    def score(self) -> score_pb2_grpc.ScoreServiceStub:
+        return score_pb2_grpc.ScoreServiceStub(self.channel("score"))
+
+    def leaderboard(self) -> leaderboard_pb2_grpc.LeaderboardServiceStub:
+        return leaderboard_pb2_grpc.LeaderboardServiceStub(self.channel("leaderboard"))
+
+    async def stop(self, keep_files: bool = False) -> None:
+        """Ends the services (SIGTERM, then SIGKILL after 15 s) and the Redis
+        servers; removes `workdir` unless `keep_files`."""
+        for channel in self._channels:
+            await channel.close()
+        for name in reversed(ORDER):
+            process = self.processes.get(name)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                await asyncio.to_thread(process.wait, 15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for server in self.redis.values():
+            server.stop()
+        if not keep_files:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# -- `make up`, `make down`, `make status` --------------------------------------
 
 
 def _alive(pid: int) -> bool:
@@ -81,73 +425,16 @@ def _record(name: str, pid: int) -> None:
     (PIDS / f"{name}.pid").write_text(f"{pid}\n")
 
 
-def cluster_ports(name: str) -> list[int]:
-    """With CLUSTER=1, service N's Redis Cluster masters listen on 70N1-70N3."""
-    index = list(SERVICES).index(name) + 1
-    return [7000 + index * 10 + i for i in (1, 2, 3)]
-
-
-def stack_env(pg_dsn_base: str, cluster: bool = False) -> dict[str, str]:
-    """Every setting of the four services in the local stack."""
-    env = dict(LOCAL_TOKENS)
-    dsn = f"{pg_dsn_base.rpartition('/')[0]}/{DATABASE}"
-    for name, (grpc_port, metrics_port, redis_port) in SERVICES.items():
-        prefix = name.upper()
-        env[f"{prefix}_GRPC_LISTEN"] = f"127.0.0.1:{grpc_port}"
-        env[f"{prefix}_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
-        env[f"{prefix}_REDIS_URL"] = (
-            f"redis+cluster://127.0.0.1:{cluster_ports(name)[0]}"
-            if cluster
-            else f"redis://127.0.0.1:{redis_port}/0"
-        )
-        env[f"{prefix}_SERVICE_ADDR"] = f"127.0.0.1:{grpc_port}"
-        if name in WITH_PG:
-            env[f"{prefix}_PG_DSN"] = dsn
-    return env
-
-
-async def _ensure_database(admin_dsn: str) -> None:
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
-            await connection.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await connection.close()
-
-
-async def _migrate(dsn: str) -> None:
-    pool = await pg.create_pool(dsn, min_size=1, max_size=2)
-    try:
-        for name in WITH_PG:
-            applied = await pg.migrate(pool, name, REPO / "services" / name / "migrations")
-            if applied:
-                print(f"  migrated {name}: {applied}")
-    finally:
-        await pool.close()
-
-
-async def _wait_serving(targets: dict[str, str], timeout_s: float) -> list[str]:
-    """The names of the services not SERVING within `timeout_s`."""
-    ready = await asyncio.gather(*(wait_serving(t, timeout_s) for t in targets.values()))
-    return sorted(name for name, ok in zip(targets, ready, strict=True) if not ok)
-
-
-def _start_redis(name: str, port: int, cluster: bool) -> None:
-    """The service's Redis from its pinned config, unless it runs already."""
-    config = REPO / "services" / name / "redis.conf"
-    if not cluster:
-        if not _pid_of(f"redis-{name}"):
-            server = RedisServer(config, port, RUN / f"redis-{name}", detach=True).start()
-            _record(f"redis-{name}", server.pid)
+def _up_redis(stack: Stack, name: str) -> None:
+    """The service's Redis, unless it runs already; its pid(s) recorded."""
+    if _pid_of(f"redis-{name}-1" if stack.cluster else f"redis-{name}"):
         return
-    if _pid_of(f"redis-{name}-1"):
-        return
-    workdir = RUN / f"redis-{name}-cluster"
-    for stale in workdir.glob("*/nodes-*.conf"):
-        stale.unlink()  # a fresh cluster each time
-    nodes = RedisCluster(config, workdir, ports=cluster_ports(name), detach=True).start().nodes
-    for i, node in enumerate(nodes, 1):
-        _record(f"redis-{name}-{i}", node.pid)
+    server = stack.launch_redis(name)
+    if isinstance(server, RedisCluster):
+        for i, node in enumerate(server.nodes, 1):
+            _record(f"redis-{name}-{i}", node.pid)
+    else:
+        _record(f"redis-{name}", server.pid)
 
 
 def up(args: argparse.Namespace) -> int:
@@ -161,71 +448,61 @@ def up(args: argparse.Namespace) -> int:
     if private is not None:
         (RUN / "private-pg").write_text(str(private.datadir))
         print(f"  started a private Postgres in {private.datadir} on port {private.port}")
-    asyncio.run(_ensure_database(admin_dsn))
-    env = stack_env(admin_dsn, cluster=args.cluster)
+    dsn = asyncio.run(create_database(admin_dsn, DATABASE, keep_existing=True))
+    stack = Stack(RUN, dsn, fixed_ports=True, cluster=args.cluster, detach=True, logs=LOGS)
+    env = stack.env()
     (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
 
-    for name, (_, _, redis_port) in SERVICES.items():
+    for name in ORDER:
         try:
-            _start_redis(name, redis_port, args.cluster)
+            _up_redis(stack, name)
         except (InfraError, subprocess.CalledProcessError) as exc:
             print(f"redis for {name}: {exc}", file=sys.stderr)
             return 1
 
-    asyncio.run(_migrate(env["SCAN_PG_DSN"]))
+    for name, applied in asyncio.run(migrate(dsn)).items():
+        if applied:
+            print(f"  migrated {name}: {applied}")
 
-    extra = {k: v for k, v in os.environ.items() if k.startswith("OTEL_") or k == "LOG_LEVEL"}
-    for name in SERVICES:
-        if _pid_of(name):
-            continue
-        log = open(LOGS / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=REPO,
-            env={**os.environ, **env, **extra, "PYTHONUNBUFFERED": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        _record(name, process.pid)
+    for name in ORDER:
+        if not _pid_of(name):
+            _record(name, stack.spawn(name).pid)
 
-    targets = {name: f"127.0.0.1:{ports[0]}" for name, ports in SERVICES.items()}
-    not_ready = asyncio.run(_wait_serving(targets, args.timeout))
-    if not_ready:
-        print(
-            f"not SERVING after {args.timeout:g}s: {', '.join(not_ready)}; see {LOGS}/<name>.log",
-            file=sys.stderr,
-        )
+    try:
+        asyncio.run(stack.wait_serving(timeout_s=args.timeout))
+    except TimeoutError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    _print_summary(env)
+    _print_summary(stack, env)
     return 0
 
 
 def _redis_names() -> list[str]:
     return [
-        *(f"redis-{n}" for n in SERVICES),
-        *(f"redis-{n}-{i}" for n in SERVICES for i in (1, 2, 3)),
+        *(f"redis-{n}" for n in ORDER),
+        *(f"redis-{n}-{i}" for n in ORDER for i in (1, 2, 3)),
     ]
 
 
-def _print_summary(env: dict[str, str]) -> None:
+def _print_summary(stack: Stack, env: dict[str, str]) -> None:
     print("\nTreasure Hunt Engine is up.\n")
     print(f"  {'service':<12} {'gRPC':<17} {'metrics':<22} {'redis':<24} log")
-    for name, (grpc_port, metrics_port, _) in SERVICES.items():
+    for name in ORDER:
         print(
-            f"  {name:<12} 127.0.0.1:{grpc_port:<7} http://127.0.0.1:{metrics_port}/metrics"
+            f"  {name:<12} {stack.addr(name):<17} http://127.0.0.1:{stack.metrics_ports[name]}/metrics"
             f"  {env[name.upper() + '_REDIS_URL']:<30}  .run/logs/{name}.log"
         )
-    print(f"\n  postgres: {env['SCAN_PG_DSN']}")
+    print(f"\n  postgres: {stack.pg_dsn}")
     print(
-        "  tokens (local stack only): client=local-client-token service=local-service-token admin=local-admin-token"
+        "  tokens (local stack only): "
+        f"client={CLIENT_TOKEN} service={SERVICE_TOKEN} admin={ADMIN_TOKEN}"
     )
     print("  settings: .run/stack.env    stop: make down\n")
 
 
 def down(_args: argparse.Namespace) -> int:
     stopped = []
-    for name in [*reversed(SERVICES), *_redis_names()]:
+    for name in [*reversed(ORDER), *_redis_names()]:
         path = PIDS / f"{name}.pid"
         pid = _pid_of(name)
         if pid is not None:
@@ -244,9 +521,7 @@ def down(_args: argparse.Namespace) -> int:
 def status(_args: argparse.Namespace) -> int:
     """The pid of each part of the stack; exit 0 only when every part runs."""
     rows = {
-        name: _pid_of(name)
-        for name in [*SERVICES, *_redis_names()]
-        if (PIDS / f"{name}.pid").exists()
+        name: _pid_of(name) for name in [*ORDER, *_redis_names()] if (PIDS / f"{name}.pid").exists()
     }
     if not rows:
         print("nothing runs (`make up` starts the stack)")

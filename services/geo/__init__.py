@@ -1,1 +1,1 @@
-"""The geo service (DESIGN.md, "geo")."""
+"""The geo service (docs/ARCHITECTURE.md, "geo")."""

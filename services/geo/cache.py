@@ -7,27 +7,28 @@ live-player time buckets and each player's last location (keys: see
 read at; a write never replaces a newer version (a reader that loaded before
 an admin write cannot overwrite what the write put there after its commit).
 
-Scripts run by EVALSHA (loaded at start and again after a NOSCRIPT; in a
-Redis Cluster pipeline, where redis-py refuses EVALSHA, by EVAL); each touches
-the keys of one hash tag, so everything here also runs on Redis Cluster. Every Redis failure surfaces as
+The Lua scripts are the `.lua` files beside this module, run by
+`libs.rediskit.Script` (loaded at start; EVALSHA, or EVAL in a Redis Cluster
+pipeline; NOSCRIPT handled there); each touches the keys of one hash tag, so
+everything here also runs on Redis Cluster. Every call goes through one
+`libs.rediskit.RedisGuard`: every Redis failure surfaces as
 `CacheUnavailable`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from redis.asyncio import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
-from libs import errors
-from libs.rediskit import AnyRedis, RedisContract
+from libs.rediskit import AnyRedis, Pipeline, RedisContract, RedisGuard, Script
+from libs.rediskit import CacheUnavailable as CacheUnavailable  # what every failure here raises
+from libs.timestamps import from_us, to_us
 from services.geo import keys
 from services.geo.model import (
     LIVE_WINDOW_S,
@@ -43,7 +44,7 @@ from services.geo.model import (
 
 log = logging.getLogger(__name__)
 
-#: DESIGN.md's Redis table: checkpoint geo set per hunt, live players in time
+#: the Redis table of docs/ARCHITECTURE.md: checkpoint geo set per hunt, live players in time
 #: buckets (TTL), last location per player (30 s TTL), tag cache. Everything is
 #: rebuildable, so the least recently used key goes first when memory is full.
 CONTRACT = RedisContract(policy="allkeys-lru")
@@ -56,14 +57,6 @@ T = TypeVar("T")
 _SEARCH_SLACK = 1.001
 _SEARCH_SLACK_M = 2.0
 _MAX_SEARCH_COUNT = 1000
-_CHUNK = 999  # values per GEOADD/HSET inside a script (Lua's unpack limit is ~8000)
-
-
-class CacheUnavailable(errors.Unavailable):
-    """The geo Redis did not answer (or answered with an error)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after_s=1.0, reason="CACHE_UNAVAILABLE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,135 +80,21 @@ class PlayerSeen:
 # -- scripts ------------------------------------------------------------------
 
 
-class _Script:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-
-# KEYS[1] entry; ARGV version, value, ttl ms. Sets unless a newer version is there.
-_VERSIONED_SET = _Script("""
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local v = tonumber(string.match(cur, '^(%d+)|'))
-  if v and v >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-""")
-
-# KEYS[1] last location; ARGV seen ms, value, expire-at ms. Keeps the newest sighting.
-_LOCATION = _Script("""
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ms = tonumber(string.match(cur, '^(%d+)|'))
-  if ms and ms > tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
-return 1
-""")
-
-# KEYS[1] live geo set of a bucket, KEYS[2] its seen times; ARGV lon, lat,
-# player, seen ms, expire-at ms. An older sighting never moves the player back.
-_LIVE = _Script("""
-local cur = redis.call('ZSCORE', KEYS[2], ARGV[3])
-if cur and tonumber(cur) > tonumber(ARGV[4]) then return 0 end
-redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
-redis.call('PEXPIREAT', KEYS[2], ARGV[5])
-return 1
-""")
-
-# KEYS: (geo set, seen) per bucket, newest bucket first; ARGV lon, lat, radius m,
-# cutoff ms, count. A player counts once, at the position of its newest bucket,
-# and only when seen at or after the cutoff. Returns player, lon, lat triples.
-_NEARBY_PLAYERS = _Script("""
-local out = {}
-local cutoff = tonumber(ARGV[4])
-for i = 1, #KEYS / 2 do
-  local hits = redis.call('GEOSEARCH', KEYS[2 * i - 1], 'FROMLONLAT', ARGV[1], ARGV[2],
-    'BYRADIUS', ARGV[3], 'm', 'ASC', 'COUNT', ARGV[5], 'WITHCOORD')
-  for _, hit in ipairs(hits) do
-    local player = hit[1]
-    local newer = false
-    for j = 1, i - 1 do
-      if redis.call('ZSCORE', KEYS[2 * j], player) then newer = true break end
-    end
-    if not newer then
-      local ms = redis.call('ZSCORE', KEYS[2 * i], player)
-      if ms and tonumber(ms) >= cutoff then
-        out[#out + 1] = player
-        out[#out + 1] = hit[2][1]
-        out[#out + 1] = hit[2][2]
-      end
-    end
-  end
-end
-return out
-""")
-
-# KEYS[1] checkpoint geo set, KEYS[2] its info hash; ARGV lon, lat, radius m,
-# count. nil when the set must be rebuilt, else the json of each candidate.
-_NEARBY_CHECKPOINTS = _Script("""
-local n = redis.call('HGET', KEYS[2], '_n')
-if not n then return false end
-local ids = {}
-if tonumber(redis.call('HGET', KEYS[2], '_g') or '0') > 0 then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-  ids = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
-    'BYRADIUS', ARGV[3], 'm', 'ASC', 'COUNT', ARGV[4])
-end
-local polar = redis.call('HGET', KEYS[2], '_polar')
-if polar then
-  for id in string.gmatch(polar, '%S+') do ids[#ids + 1] = id end
-end
-if #ids == 0 then return {} end
-return redis.call('HMGET', KEYS[2], unpack(ids))
-""")
-
-# KEYS[1] geo set, KEYS[2] info hash; ARGV version, ttl ms, polar ids, n geo,
-# then n (lon, lat, id) triples, then (id, json) pairs. Replaces the set unless
-# a newer (or the same, complete) version is there.
-_STORE_CHECKPOINTS = _Script(f"""
-local v = tonumber(ARGV[1])
-local sv = redis.call('HGET', KEYS[2], '_v')
-if sv then
-  sv = tonumber(sv)
-  local g = tonumber(redis.call('HGET', KEYS[2], '_g') or '0')
-  local complete = redis.call('HEXISTS', KEYS[2], '_n') == 1
-    and (g == 0 or redis.call('EXISTS', KEYS[1]) == 1)
-  if sv > v or (sv == v and complete) then return 0 end
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-local ngeo = tonumber(ARGV[4])
-local first = 5
-local last = first + 3 * ngeo - 1
-for s = first, last, {_CHUNK} do
-  local e = math.min(s + {_CHUNK} - 1, last)
-  redis.call('GEOADD', KEYS[1], unpack(ARGV, s, e))
-end
-if ngeo > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-local npairs = (#ARGV - last) / 2
-redis.call('HSET', KEYS[2], '_v', ARGV[1], '_n', npairs, '_g', ngeo, '_polar', ARGV[3])
-for s = last + 1, #ARGV, {_CHUNK + 1} do
-  local e = math.min(s + {_CHUNK + 1} - 1, #ARGV)
-  redis.call('HSET', KEYS[2], unpack(ARGV, s, e))
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-""")
-
-# KEYS[1] geo set, KEYS[2] info hash; ARGV version, ttl ms. After a checkpoint
-# write: drops the set and leaves a marker so no older rebuild can come back.
-_INVALIDATE_CHECKPOINTS = _Script("""
-local sv = tonumber(redis.call('HGET', KEYS[2], '_v') or '0')
-if sv > tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[2], '_v', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-""")
+_HERE = Path(__file__).parent
+#: A tag or hunt entry, unless a newer version is cached.
+_VERSIONED_SET = Script(_HERE / "versioned_set.lua")
+#: A player's last location, unless a newer sighting is there.
+_LOCATION = Script(_HERE / "location.lua")
+#: A sighting in its live bucket.
+_LIVE = Script(_HERE / "live.lua")
+#: Players seen near a point in the live window.
+_NEARBY_PLAYERS = Script(_HERE / "nearby_players.lua")
+#: Candidate checkpoints near a point, or nil when the set must be rebuilt.
+_NEARBY_CHECKPOINTS = Script(_HERE / "nearby_checkpoints.lua")
+#: A hunt's checkpoint set, unless a newer (or the same, complete) one is there.
+_STORE_CHECKPOINTS = Script(_HERE / "store_checkpoints.lua")
+#: Drops a hunt's checkpoint set after a write, leaving its version as a marker.
+_INVALIDATE_CHECKPOINTS = Script(_HERE / "invalidate_checkpoints.lua")
 
 _SCRIPTS = (
     _VERSIONED_SET,
@@ -229,17 +108,6 @@ _SCRIPTS = (
 
 
 # -- encoding -----------------------------------------------------------------
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
-
-
-def _us(value: datetime) -> int:
-    return (value - _EPOCH) // _MICRO
-
-
-def _dt(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def encode_checkpoint(cp: Checkpoint) -> str:
@@ -271,12 +139,12 @@ def encode_hunt(hunt: Hunt) -> str:
         {
             "hunt_id": hunt.hunt_id,
             "name": hunt.name,
-            "starts_at": _us(hunt.starts_at),
-            "ends_at": _us(hunt.ends_at),
+            "starts_at": to_us(hunt.starts_at),
+            "ends_at": to_us(hunt.ends_at),
             "status": hunt.status.value,
             "grid": [g.origin_lat, g.origin_lon, g.tile_size_m, g.columns, g.rows],
-            "created_at": _us(hunt.created_at),
-            "updated_at": _us(hunt.updated_at),
+            "created_at": to_us(hunt.created_at),
+            "updated_at": to_us(hunt.updated_at),
             "version": hunt.version,
         },
         separators=(",", ":"),
@@ -289,12 +157,12 @@ def decode_hunt(text: str) -> Hunt:
     return Hunt(
         hunt_id=d["hunt_id"],
         name=d["name"],
-        starts_at=_dt(d["starts_at"]),
-        ends_at=_dt(d["ends_at"]),
+        starts_at=from_us(d["starts_at"]),
+        ends_at=from_us(d["ends_at"]),
         status=HuntStatus(d["status"]),
         grid=Grid(lat, lon, size, columns, rows),
-        created_at=_dt(d["created_at"]),
-        updated_at=_dt(d["updated_at"]),
+        created_at=from_us(d["created_at"]),
+        updated_at=from_us(d["updated_at"]),
         version=d["version"],
     )
 
@@ -326,70 +194,50 @@ class GeoCache:
         live_bucket_s: int,
     ) -> None:
         self._redis = redis
-        # redis-py refuses EVALSHA in cluster pipelines; there the body goes along.
-        self._pipeline_sends_body = isinstance(redis, RedisCluster)
+        #: Any Redis error is CacheUnavailable; no budget but the client's socket timeout.
+        self._guard = RedisGuard("geo redis", catch=(RedisError,))
         self._catalog_ttl_ms = int(catalog_ttl_s * 1000)
         self._negative_ttl_ms = int(negative_ttl_s * 1000)
         self._bucket_ms = live_bucket_s * 1000
 
     async def load_scripts(self) -> None:
-        try:
+        """Loads every script (at start, so the first calls meet no NOSCRIPT)."""
+
+        async def load() -> None:
             for script in _SCRIPTS:
-                await self._redis.script_load(script.source)
-        except RedisError as exc:
-            raise CacheUnavailable(f"geo redis: {exc}") from exc
+                await script.load(self._redis)
 
-    async def _pipeline(self, build: Callable[[Any], None]) -> list[Any]:
-        """Runs the commands `build` queues in one round trip (reloading the
-        scripts once after a NOSCRIPT: every command queued here is idempotent)."""
-        try:
-            for attempt in (0, 1):
-                pipe = self._redis.pipeline(transaction=False)
-                build(pipe)
-                results = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                    await self.load_scripts()
-                    continue
-                for result in results:
-                    if isinstance(result, Exception):
-                        raise result
-                return results
-        except RedisError as exc:
-            raise CacheUnavailable(f"geo redis: {exc}") from exc
-        raise AssertionError("unreachable")
+        await self._guard.call(load, op="load_scripts")
 
-    def _queue_script(self, pipe: Any, script: _Script, keys_: Sequence[str], *args: Any) -> None:
-        if self._pipeline_sends_body:
-            pipe.eval(script.source, len(keys_), *keys_, *args)
-        else:
-            pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+    async def _pipeline(self, build: Callable[[Pipeline], None]) -> list[Any]:
+        """Runs the commands and scripts `build` queues in one round trip."""
 
-    async def _eval(self, script: _Script, keys_: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            try:
-                return await self._redis.evalsha(script.sha, len(keys_), *keys_, *args)
-            except NoScriptError:
-                await self.load_scripts()
-                return await self._redis.evalsha(script.sha, len(keys_), *keys_, *args)
-        except RedisError as exc:
-            raise CacheUnavailable(f"geo redis: {exc}") from exc
+        async def run() -> list[Any]:
+            pipe = Pipeline(self._redis)
+            build(pipe)
+            return await pipe.execute()
+
+        return await self._guard.call(run, op="pipeline")
+
+    async def _eval(self, script: Script, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._guard.call(lambda: script.run(self._redis, keys_, args), op=script.name)
 
     # -- sightings (last location and live buckets) --------------------------
 
-    def _queue_sighting(self, pipe: Any, s: Sighting, now_ms: int) -> None:
+    def _queue_sighting(self, pipe: Pipeline, s: Sighting, now_ms: int) -> None:
         if s.seen_ms >= now_ms - LOCATION_TTL_S * 1000:
             value = f"{s.seen_ms}|{s.hunt_id}|{_fmt(s.lat)}|{_fmt(s.lon)}|{_fmt(s.accuracy_m)}"
-            self._queue_script(
-                pipe, _LOCATION, (keys.location(s.player_id),),
-                s.seen_ms, value, s.seen_ms + LOCATION_TTL_S * 1000,
+            pipe.script(
+                _LOCATION, (keys.location(s.player_id),),
+                (s.seen_ms, value, s.seen_ms + LOCATION_TTL_S * 1000),
             )  # fmt: skip
         if s.seen_ms >= now_ms - LIVE_WINDOW_S * 1000 and geo_indexable(s.lat):
             bucket = s.seen_ms // self._bucket_ms
             # The bucket's last sighting leaves the window LIVE_WINDOW_S after its end.
             expire_at = (bucket + 1) * self._bucket_ms + LIVE_WINDOW_S * 1000 + 1000
-            self._queue_script(
-                pipe, _LIVE, (keys.live(s.hunt_id, bucket), keys.live_seen(s.hunt_id, bucket)),
-                _fmt(s.lon), _fmt(s.lat), s.player_id, s.seen_ms, expire_at,
+            pipe.script(
+                _LIVE, (keys.live(s.hunt_id, bucket), keys.live_seen(s.hunt_id, bucket)),
+                (_fmt(s.lon), _fmt(s.lat), s.player_id, s.seen_ms, expire_at),
             )  # fmt: skip
 
     async def record(self, sighting: Sighting, now_ms: int) -> None:
@@ -405,11 +253,11 @@ class GeoCache:
         tag_key = keys.tag(tag_id) if tag_id is not None else None
         hunt_key = keys.hunt(hunt_id) if hunt_id is not None else None
 
-        def build(pipe: Any) -> None:
+        def build(pipe: Pipeline) -> None:
             if tag_key is not None:
-                pipe.get(tag_key)
+                pipe.commands.get(tag_key)
             if hunt_key is not None:
-                pipe.get(hunt_key)
+                pipe.commands.get(hunt_key)
             self._queue_sighting(pipe, sighting, now_ms)
 
         results = await self._pipeline(build)
@@ -420,7 +268,7 @@ class GeoCache:
         return tag, hunt
 
     async def location(self, player_id: str) -> Sighting | None:
-        results = await self._pipeline(lambda pipe: pipe.get(keys.location(player_id)))
+        results = await self._pipeline(lambda pipe: pipe.commands.get(keys.location(player_id)))
         raw = results[0]
         if raw is None:
             return None
@@ -450,9 +298,9 @@ class GeoCache:
 
     # -- catalog entries -----------------------------------------------------
 
-    def _queue_versioned(self, pipe: Any, key: str, version: int, payload: str) -> None:
+    def _queue_versioned(self, pipe: Pipeline, key: str, version: int, payload: str) -> None:
         ttl = self._catalog_ttl_ms if payload else self._negative_ttl_ms
-        self._queue_script(pipe, _VERSIONED_SET, (key,), version, f"{version}|{payload}", ttl)
+        pipe.script(_VERSIONED_SET, (key,), (version, f"{version}|{payload}", ttl))
 
     async def put_catalog(
         self,
@@ -461,19 +309,19 @@ class GeoCache:
     ) -> None:
         """Writes tag and hunt entries through (an older version never wins)."""
 
-        def build(pipe: Any) -> None:
-            for tag_id, entry in tags:
-                payload = encode_checkpoint(entry.value) if entry.value is not None else ""
-                self._queue_versioned(pipe, keys.tag(tag_id), entry.version, payload)
-            for hunt_id, entry in hunts:
-                payload = encode_hunt(entry.value) if entry.value is not None else ""
-                self._queue_versioned(pipe, keys.hunt(hunt_id), entry.version, payload)
+        def build(pipe: Pipeline) -> None:
+            for tag_id, tag in tags:
+                payload = encode_checkpoint(tag.value) if tag.value is not None else ""
+                self._queue_versioned(pipe, keys.tag(tag_id), tag.version, payload)
+            for hunt_id, hunt in hunts:
+                payload = encode_hunt(hunt.value) if hunt.value is not None else ""
+                self._queue_versioned(pipe, keys.hunt(hunt_id), hunt.version, payload)
 
         if tags or hunts:
             await self._pipeline(build)
 
     async def hunt(self, hunt_id: str) -> Versioned[Hunt] | None:
-        results = await self._pipeline(lambda pipe: pipe.get(keys.hunt(hunt_id)))
+        results = await self._pipeline(lambda pipe: pipe.commands.get(keys.hunt(hunt_id)))
         return _versioned(results[0], decode_hunt)
 
     # -- checkpoint geo sets -------------------------------------------------

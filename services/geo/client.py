@@ -1,12 +1,12 @@
-"""How other services call geo: `GeoClient.check_in` for the scan flow, and
-`HuntDirectory.exists` for services that must tell an unknown hunt from one
-without data (score, the leaderboard)."""
+"""How other services call geo: `GeoClient` implements
+services.geo.model.GeoApi (`check_in`, for the scan flow) and `HuntDirectory`
+implements `Hunts` (`exists`, for services that must tell an unknown hunt from
+one without data: score, the leaderboard). Both return geo's model types and
+declare none of their own."""
 
 from __future__ import annotations
 
-import enum
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
@@ -14,23 +14,9 @@ import grpc
 from libs.cache import MISSING, SingleFlight, TtlCache
 from libs.channels import peer_error
 from libs.timestamps import timestamp
+from services.geo.model import CheckInAnswer, HuntStatus, TagStatus
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
-
-
-class TagStatus(enum.StrEnum):
-    FOUND = "found"
-    UNKNOWN = "unknown"
-    INACTIVE = "inactive"
-    #: The requested hunt does not exist.
-    UNKNOWN_HUNT = "unknown_hunt"
-
-
-class HuntStatus(enum.StrEnum):
-    DRAFT = "draft"
-    PUBLISHED = "published"
-    CANCELLED = "cancelled"
-
 
 _TAG = {
     geo_pb2.TAG_STATUS_FOUND: TagStatus.FOUND,
@@ -45,32 +31,6 @@ _HUNT = {
 }
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CheckInResult:
-    """What geo says about a scanned tag. Checkpoint and hunt fields are empty
-    when the tag is UNKNOWN or the hunt is UNKNOWN_HUNT."""
-
-    tag_status: TagStatus
-    checkpoint_id: str
-    checkpoint_name: str
-    points: int
-    first_finder_bonus: int
-    hunt_status: HuntStatus | None
-    hunt_starts_at: datetime | None
-    hunt_ends_at: datetime | None
-    distance_m: float
-    allowed_m: float
-    in_range: bool
-
-    def hunt_active_at(self, at: datetime) -> bool:
-        return (
-            self.hunt_status is HuntStatus.PUBLISHED
-            and self.hunt_starts_at is not None
-            and self.hunt_ends_at is not None
-            and self.hunt_starts_at <= at < self.hunt_ends_at
-        )
 
 
 class GeoClient:
@@ -89,7 +49,7 @@ class GeoClient:
         accuracy_m: float,
         at: datetime,
         timeout_s: float | None = None,
-    ) -> CheckInResult:
+    ) -> CheckInAnswer:
         request = geo_pb2.CheckInRequest(
             hunt_id=hunt_id,
             player_id=player_id,
@@ -104,7 +64,7 @@ class GeoClient:
             raise peer_error("geo", err) from err
         found = reply.tag_status in (geo_pb2.TAG_STATUS_FOUND, geo_pb2.TAG_STATUS_INACTIVE)
         hunt = reply.hunt if reply.HasField("hunt") else None
-        return CheckInResult(
+        return CheckInAnswer(
             tag_status=_TAG.get(reply.tag_status, TagStatus.UNKNOWN),
             checkpoint_id=reply.checkpoint.checkpoint_id if found else "",
             checkpoint_name=reply.checkpoint.name if found else "",

@@ -1,6 +1,6 @@
 """Every Redis key of the geo service, built here and only here.
 
-Hash tags (DESIGN.md, "Redis"): `{hunt_id}` for the per-hunt sets (checkpoint
+Hash tags (docs/ARCHITECTURE.md, "Redis"): `{hunt_id}` for the per-hunt sets (checkpoint
 geo set and its info hash, the live-player buckets), `{player_id}` for a
 player's last location, `{tag_id}` for the tag cache and `{hunt_id}` for the
 hunt cache. Every script and multi-key command of `services.geo.cache` touches

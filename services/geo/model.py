@@ -215,6 +215,60 @@ def geo_indexable(lat: float) -> bool:
     return -GEO_INDEX_MAX_LAT <= lat <= GEO_INDEX_MAX_LAT
 
 
+def playable(
+    status: HuntStatus | None, starts_at: datetime | None, ends_at: datetime | None, at: datetime
+) -> bool:
+    """The hunt-active window: a hunt can be played at `at` when it is
+    PUBLISHED and starts_at <= at < ends_at."""
+    return (
+        status is HuntStatus.PUBLISHED
+        and starts_at is not None
+        and ends_at is not None
+        and starts_at <= at < ends_at
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckInAnswer:
+    """What CheckIn tells a caller about a scanned tag (services.geo.client
+    builds it from the wire). Checkpoint and hunt fields are empty unless the
+    tag is FOUND or INACTIVE."""
+
+    tag_status: TagStatus
+    checkpoint_id: str
+    checkpoint_name: str
+    points: int
+    first_finder_bonus: int
+    hunt_status: HuntStatus | None
+    hunt_starts_at: datetime | None
+    hunt_ends_at: datetime | None
+    distance_m: float
+    allowed_m: float
+    in_range: bool
+
+    def hunt_active_at(self, at: datetime) -> bool:
+        return playable(self.hunt_status, self.hunt_starts_at, self.hunt_ends_at, at)
+
+
+class GeoApi(Protocol):
+    """What the scan flow calls: resolve a scanned tag, measure the distance to
+    its checkpoint and note where the player is. Implemented over gRPC by
+    services.geo.client.GeoClient; UNAVAILABLE when geo cannot answer."""
+
+    async def check_in(
+        self,
+        *,
+        hunt_id: str,
+        player_id: str,
+        tag_id: str,
+        lat: float,
+        lon: float,
+        accuracy_m: float,
+        at: datetime,
+        timeout_s: float | None = None,
+    ) -> CheckInAnswer: ...
+
+
 class HuntNotFound(errors.NotFound):
     """No hunt has this id: every service answers it with this reason."""
 

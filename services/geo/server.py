@@ -56,7 +56,7 @@ MAX_SEARCH_RADIUS_M = 50_000.0
 LOCATION_MAX_AHEAD = timedelta(seconds=30)
 HUNT_MASK_PATHS = frozenset({"name", "starts_at", "ends_at", "status", "grid"})
 
-_STATUS_IN = {
+_STATUS_IN: dict[geo_pb2.HuntStatus, HuntStatus] = {
     geo_pb2.HUNT_STATUS_DRAFT: HuntStatus.DRAFT,
     geo_pb2.HUNT_STATUS_PUBLISHED: HuntStatus.PUBLISHED,
     geo_pb2.HUNT_STATUS_CANCELLED: HuntStatus.CANCELLED,
@@ -73,7 +73,7 @@ _TAG_OUT = {
 # -- proto -> domain (with validation) ------------------------------------------
 
 
-def _status(field: str, value: int) -> HuntStatus:
+def _status(field: str, value: geo_pb2.HuntStatus) -> HuntStatus:
     status = _STATUS_IN.get(value)
     if status is None:
         raise InvalidArgument(field, "must be DRAFT, PUBLISHED or CANCELLED")
@@ -239,7 +239,7 @@ class _ProtoMemo:
         if pb is MISSING:
             pb = hunt_pb(hunt)
             self._hunts.put(key, pb)
-        return pb  # type: ignore[return-value]
+        return pb
 
     def checkpoint(self, cp: Checkpoint) -> geo_pb2.Checkpoint:
         key = (cp.tag_id, cp.version)
@@ -247,7 +247,7 @@ class _ProtoMemo:
         if pb is MISSING:
             pb = checkpoint_pb(cp)
             self._checkpoints.put(key, pb)
-        return pb  # type: ignore[return-value]
+        return pb
 
 
 class GeoServicer(geo_pb2_grpc.GeoServiceServicer):

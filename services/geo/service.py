@@ -57,7 +57,7 @@ _NEARBY_SLACK = 8  # extra candidates asked of Redis before the exact distance f
 
 def _put_newer(cache: TtlCache[Any, Versioned[Any]], key: Hashable, entry: Versioned[Any]) -> None:
     current = cache.get(key)
-    if current is MISSING or current.version <= entry.version:  # type: ignore[union-attr]
+    if current is MISSING or current.version <= entry.version:
         cache.put(key, entry)
 
 
@@ -136,7 +136,7 @@ class Geo:
             entry = await self._hunt_flight.do(hunt_id, lambda: self._load_hunt(hunt_id))
         else:
             self._hunt_counts.hit["l1"].inc()
-        return entry.value  # type: ignore[union-attr]
+        return entry.value
 
     async def require_hunt(self, hunt_id: str) -> Hunt:
         hunt = await self.hunt(hunt_id)
@@ -147,7 +147,7 @@ class Geo:
     async def _load_hunt(self, hunt_id: str) -> Versioned[Hunt]:
         entry = self._hunts.get(hunt_id)
         if entry is not MISSING:  # filled while this load was being set up
-            return entry  # type: ignore[return-value]
+            return entry
         try:
             cached = await self._cache.hunt(hunt_id)
         except CacheUnavailable as exc:
@@ -261,8 +261,8 @@ class Geo:
             except CacheUnavailable as exc:
                 log.warning("check-in sighting not recorded: %s", exc)
 
-        cp: Checkpoint | None = tag.value  # type: ignore[union-attr]
-        hunt_value = await self.hunt(hunt_id) if hunt is MISSING else hunt.value  # type: ignore[union-attr]
+        cp: Checkpoint | None = tag.value
+        hunt_value = await self.hunt(hunt_id) if hunt is MISSING else hunt.value
         if hunt_value is None:
             return CheckInResult(TagStatus.UNKNOWN_HUNT, None, None, 0.0, 0.0, False)
         if cp is None or cp.hunt_id != hunt_id:
@@ -282,7 +282,7 @@ class Geo:
         """One Postgres read of the tag and its hunt, written through to both tiers."""
         entry = self._tags.get(tag_id)
         if entry is not MISSING:  # a load that just finished filled it
-            return entry  # type: ignore[return-value]
+            return entry
         cp, hunt = await self._store.tag(tag_id)
         loaded = Versioned(cp.version if cp is not None else 0, cp)
         hunts = [(hunt.hunt_id, Versioned(hunt.version, hunt))] if hunt is not None else []
@@ -393,9 +393,9 @@ class Geo:
             read = await self._tile_flight.do(key, lambda: self._load_tile(key))
         else:
             self._tile_counts.hit["l1"].inc()
-        if read.tile is None:  # type: ignore[union-attr]
+        if read.tile is None:
             raise errors.NotFound(f"tile ({x}, {y}) of hunt {hunt_id} not found")
-        return read  # type: ignore[return-value]
+        return read
 
     async def _load_tile(self, key: tuple[str, int, int]) -> TileRead:
         read = await self._store.get_tile(*key)

@@ -1,1 +1,1 @@
-"""The leaderboard service (DESIGN.md, "leaderboard")."""
+"""The leaderboard service (docs/ARCHITECTURE.md, "leaderboard")."""

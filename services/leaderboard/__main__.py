@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 from libs import server as bootstrap
 from services.geo.client import HuntDirectory
-from services.leaderboard.board import Leaderboard
 from services.leaderboard.cache import CONTRACT, BoardStore
 from services.leaderboard.config import LeaderboardConfig
 from services.leaderboard.rebuild import Rebuilder
 from services.leaderboard.server import LeaderboardServicer, binding
+from services.leaderboard.service import Leaderboard
 from services.leaderboard.watch import WatchHub
 from services.score.client import ScoreClient
 

@@ -1,34 +1,20 @@
-"""How other services call the leaderboard: `submit_scores` (score's outbox relay),
-and whether the leaderboard is reachable (`connected`, `wait_connected`), so a
-caller backing off can try again the moment it is back."""
+"""How other services call the leaderboard: `LeaderboardClient` implements
+services.leaderboard.model.LeaderboardApi over gRPC: `submit_scores` (score's
+outbox relay), and whether the leaderboard is reachable (`connected`,
+`wait_connected`), so a caller backing off can try again the moment it is
+back. It returns the leaderboard's model types and declares none of its own."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.channels import peer_error
+from services.leaderboard.model import ScoreUpdate, SubmitCounts
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
-
-
-@dataclass(frozen=True)
-class ScoreUpdate:
-    hunt_id: str
-    player_id: str
-    total_points: int
-    reached_at: datetime
-    version: int
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    applied: int
-    stale: int
 
 
 class LeaderboardClient:
@@ -52,7 +38,7 @@ class LeaderboardClient:
 
     async def submit_scores(
         self, updates: Sequence[ScoreUpdate], timeout_s: float | None = None
-    ) -> SubmitResult:
+    ) -> SubmitCounts:
         """Raises libs.errors.Unavailable / ResourceExhausted when the board
         cannot take them now: the caller keeps them and retries."""
         request = leaderboard_pb2.SubmitScoresRequest()
@@ -70,4 +56,4 @@ class LeaderboardClient:
             reply = await self._stub.SubmitScores(request, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise peer_error("leaderboard", err) from err
-        return SubmitResult(applied=reply.applied, stale=reply.stale)
+        return SubmitCounts(applied=reply.applied, stale=reply.stale)

@@ -42,8 +42,11 @@ player_id. Limits:
   exact. Reconciliation rebuilds (LEADERBOARD_RECONCILE_S) re-centre it. A time
   outside the window sorts as the window's edge (exact value still answered).
 
-The Lua scripts in `cache.py` compute the same formula (in doubles, exact in
-this range, formatted with `%.0f`); a test compares the two.
+The board scripts compute the same formula in Lua (`encode` in
+`prelude.lua`: in doubles, exact in this range, formatted with `%.0f`) with
+these constants, which `cache.py` templates into them at load (`ENCODING`);
+tests/integration/test_leaderboard_encoding.py runs the Lua against
+`encode_score` at the edges.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ TOTAL_BIAS = (1 << 20) - 1
 MAX_TOTAL = (1 << 21) - 1
 #: Half the window: the epoch lies this far before the build.
 EPOCH_LEAD_MS = 1 << 32
+#: The constants the Lua `encode` takes from here (`{{NAME}}` in prelude.lua).
+ENCODING = {"TOTAL_BIAS": TOTAL_BIAS, "MAX_TOTAL": MAX_TOTAL, "TIME_SPAN": TIME_SPAN}
 
 
 def board(hunt_id: str) -> str:

@@ -1,4 +1,6 @@
-"""Rebuilding boards from the truth: the score service's StreamScores.
+"""Rebuilding boards from the truth: the score service's StreamScores
+(through `services.score.model.ScoreApi`; the composition root passes the
+gRPC ScoreClient).
 
 Protocol (one rebuild per hunt at a time, across every replica):
 1. Take the hunt's lock (`keys.build_lock`, SET NX PX) holding a fresh build
@@ -30,11 +32,11 @@ skipping boards built less than half a period ago (another replica did it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from opentelemetry.trace import Tracer
@@ -42,20 +44,15 @@ from opentelemetry.trace import Tracer
 from libs import errors, validate
 from libs.metrics import Metrics
 from services.leaderboard import keys
-from services.leaderboard.cache import BoardStore, Update
-from services.score.client import PlayerTotal, ScoreClient
+from services.leaderboard.cache import BoardStore
+from services.leaderboard.model import RebuildResult, Update
+from services.score.model import PlayerTotal, ScoreApi
 
 log = logging.getLogger(__name__)
 
 _WRITES_IN_FLIGHT = 4
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildResult:
-    player_count: int
-    took_s: float
 
 
 def now_ms() -> int:
@@ -74,7 +71,7 @@ class Rebuilder:
     def __init__(
         self,
         store: BoardStore,
-        scores: ScoreClient,
+        scores: ScoreApi,
         tracer: Tracer,
         metrics: Metrics,
         *,
@@ -122,7 +119,7 @@ class Rebuilder:
         if task is None:
             task = asyncio.create_task(self._run(hunt_id), name=f"rebuild:{hunt_id}")
             self._running[hunt_id] = task
-            task.add_done_callback(lambda t, h=hunt_id: self._done(h, t))
+            task.add_done_callback(functools.partial(self._done, hunt_id))
         return task
 
     def _done(self, hunt_id: str, task: asyncio.Task[RebuildResult]) -> None:

@@ -1,7 +1,7 @@
 """The gRPC face of the leaderboard service: validate, call, map.
 
-The only place that converts between protos and the domain (`cache` and
-`watch` dataclasses); errors are `libs.errors` kinds that `libs.rpc` turns into
+The only place that converts between protos and the domain (`model`'s
+dataclasses); errors are `libs.errors` kinds that `libs.rpc` turns into
 status codes with details (UNAVAILABLE + RetryInfo while a board is rebuilt).
 """
 
@@ -18,9 +18,9 @@ from libs.deadlines import Budget
 from libs.errors import InvalidArgument
 from libs.server import Binding
 from libs.timestamps import timestamp_ms
-from services.leaderboard.board import Leaderboard
-from services.leaderboard.cache import Cursor, Entry, Update
-from services.leaderboard.watch import TopSnapshot, WatchHub
+from services.leaderboard.model import Cursor, Entry, TopSnapshot, Update
+from services.leaderboard.service import Leaderboard
+from services.leaderboard.watch import WatchHub
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
 
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.

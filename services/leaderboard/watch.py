@@ -16,29 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from dataclasses import dataclass
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from libs import errors
 from libs.metrics import Metrics
-from services.leaderboard.board import Leaderboard
-from services.leaderboard.cache import Entry
+from services.leaderboard.model import Entry, TopSnapshot
 from services.leaderboard.rebuild import now_ms
+from services.leaderboard.service import Leaderboard
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TopSnapshot:
-    """A board's top as read at `as_of_ms`; `missing` when it had no board."""
-
-    entries: tuple[Entry, ...]
-    player_count: int
-    as_of_ms: int
-    missing: bool = False
 
 
 class Subscription:
@@ -151,7 +141,7 @@ class WatchHub:
             feed = _Feed(hunt_id)
             self._feeds[hunt_id] = feed
             feed.task = asyncio.create_task(self._loop(feed), name=f"watch:{hunt_id}")
-            feed.task.add_done_callback(lambda t, f=feed: self._loop_ended(f, t))
+            feed.task.add_done_callback(functools.partial(self._loop_ended, feed))
         subscription = Subscription(self, feed, limit)
         feed.subscriptions.add(subscription)
         if feed.covers(limit):

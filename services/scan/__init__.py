@@ -1,1 +1,1 @@
-"""The scan service (DESIGN.md, "scan")."""
+"""The scan service (docs/ARCHITECTURE.md, "scan")."""

@@ -11,10 +11,10 @@ from libs import server as bootstrap
 from services.geo.client import GeoClient
 from services.scan.cache import CONTRACT, ScanCache
 from services.scan.config import ScanConfig
-from services.scan.flow import FlowSettings, ScanFlow
 from services.scan.purge import LocationPurge
-from services.scan.relay import ScanRelay
+from services.scan.redrive import Redrive
 from services.scan.server import ScanServicer, binding
+from services.scan.service import FlowSettings, ScanFlow
 from services.scan.store import ScanStore
 from services.score.client import ScoreClient
 
@@ -52,7 +52,7 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
                 max_in_flight=config.max_in_flight,
             ),
         )
-        relay = ScanRelay(
+        relay = Redrive(
             store,
             flow,
             runtime.telemetry.tracer,
@@ -61,7 +61,7 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
             batch=config.relay_batch,
             lease_s=config.lease_s,
         )
-        runtime.background("scan-relay", relay.run)
+        runtime.background("scan-redrive", relay.run)
         purge = LocationPurge(
             store,
             cache,

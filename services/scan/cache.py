@@ -1,13 +1,13 @@
 """The scan service's Redis: idempotency answers, rate-limit buckets and the
-last plausible position of each player (DESIGN.md's Redis table).
+last plausible position of each player (the Redis table of docs/ARCHITECTURE.md).
 
-`admit()` is the one round trip at the start of a scan: one Lua script on the
-player's slot that returns a stored answer (with the fingerprint of the request
-it answered) if there is one, or else takes a token from the player's bucket
-and marks the scan pending; it also returns the player's last position for the
-speed check. `finish()` stores the answer and
-the new position in one pipeline. Redis may lose any of it (allkeys-lru):
-Postgres's unique key still makes scans idempotent.
+`admit()` is the one round trip at the start of a scan: one Lua script
+(`admit.lua`, run by `libs.rediskit.Script`) on the player's slot that
+returns a stored answer (with the fingerprint of the request it answered) if
+there is one, or else takes a token from the player's bucket and marks the
+scan pending; it also returns the player's last position for the speed check.
+`finish()` stores the answer and the new position in one pipeline. Redis may
+lose any of it (allkeys-lru): Postgres's unique key still makes scans idempotent.
 
 A last position expires `last_scan_ttl_s` after the scan it holds (the
 composition root caps that at the location retention), and the location purge
@@ -20,43 +20,20 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from libs.rediskit import AnyRedis, RedisContract
+from libs.rediskit import AnyRedis, RedisContract, Script
 from services.scan import keys
 from services.scan.model import Answer, Position, ScanInput
 
-#: DESIGN.md's Redis table: idempotency answers (24 h TTL), rate-limit buckets,
+#: the Redis table of docs/ARCHITECTURE.md: idempotency answers (24 h TTL), rate-limit buckets,
 #: last scan per player; allkeys-lru, no persistence.
 CONTRACT = RedisContract(policy="allkeys-lru")
 
 PENDING = "pending"
 
-_ADMIT = """
-local answer = redis.call('GET', KEYS[1])
-local last = redis.call('HMGET', KEYS[3], 'lat', 'lon', 'acc', 'at')
-if answer then
-  return {1, answer, last[1], last[2], last[3], last[4]}
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local capacity = tonumber(ARGV[1])
-local per_ms = tonumber(ARGV[2])
-local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
-local tokens = tonumber(bucket[1])
-local ts = tonumber(bucket[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * per_ms)
-if tokens < 1 then
-  return {2, tostring(math.ceil((1 - tokens) / per_ms))}
-end
-redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[2], math.ceil(capacity / per_ms) + 1000)
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-return {0, '', last[1], last[2], last[3], last[4]}
-"""
+#: Admission (`admit`): stored answer, or a token and the pending mark.
+_ADMIT = Script(Path(__file__).with_name("admit.lua"))
 
 
 @dataclass(frozen=True)
@@ -109,7 +86,6 @@ class ScanCache:
         last_scan_ttl_s: int = 86_400,
     ) -> None:
         self._redis = redis
-        self._admit = redis.register_script(_ADMIT)
         self._capacity = rate_limit
         self._per_ms = rate_limit / (rate_window_s * 1000.0)
         self._pending_ttl_ms = int(pending_ttl_s * 1000)
@@ -117,13 +93,14 @@ class ScanCache:
         self._last_ttl_ms = last_scan_ttl_s * 1000
 
     async def admit(self, scan: ScanInput) -> Admission:
-        reply = await self._admit(
-            keys=[
+        reply = await _ADMIT.run(
+            self._redis,
+            [
                 keys.idempotency(*scan.key),
                 keys.rate(scan.player_id),
                 keys.last_scan(scan.player_id),
             ],
-            args=[
+            [
                 self._capacity,
                 repr(self._per_ms),
                 f"{PENDING}:{scan.fingerprint()}",

@@ -8,7 +8,9 @@ import itertools
 import os
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+
+from libs.timestamps import to_us
 
 
 class Outcome(enum.StrEnum):
@@ -56,6 +58,14 @@ class ScanInput:
     scanned_at: datetime
     client_scan_id: str
 
+    def position(self) -> Position:
+        """Where and when the scan was made. Only a scan that still has its
+        location has one: the flow never checks in nor speed-checks a purged
+        scan (it is applied as HUNT_NOT_ACTIVE first)."""
+        if self.lat is None or self.lon is None or self.accuracy_m is None:
+            raise ValueError(f"scan {self.client_scan_id} of {self.player_id} has no location")
+        return Position(self.lat, self.lon, self.accuracy_m, self.scanned_at)
+
     @property
     def key(self) -> tuple[str, str, str]:
         """The idempotency key: one player's scan ids are scoped to a hunt."""
@@ -81,13 +91,9 @@ class ScanInput:
         its answer in Redis so that a repeat can be told from a reused key
         without a Postgres read. Equal requests (`same_request`, location
         kept) have equal fingerprints."""
-        at_us = (self.scanned_at - _EPOCH) // _US
+        at_us = to_us(self.scanned_at)
         raw = f"{self.hunt_id}|{self.tag_id}|{_num(self.lat)}|{_num(self.lon)}|{_num(self.accuracy_m)}|{at_us}"
         return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 def _num(value: float | None) -> str:

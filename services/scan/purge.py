@@ -12,7 +12,7 @@ A row is purged once its start plus the retention has passed: lat, lon and
 accuracy_m become NULL and `location_purged_at` is set; everything else stays
 (outcome, points, times), so the log still explains every answer. A scan still
 'received' when its location goes can no longer be checked in: the flow then
-applies it as HUNT_NOT_ACTIVE (services.scan.flow).
+applies it as HUNT_NOT_ACTIVE (services.scan.service).
 
 Each pass purges every due row in batches (`FOR UPDATE SKIP LOCKED`, so scan
 replicas purging at once share the rows, and a scan being applied is simply

@@ -12,8 +12,8 @@ from libs.deadlines import Budget
 from libs.errors import InvalidArgument
 from libs.server import Binding
 from libs.timestamps import timestamp
-from services.scan.flow import ScanFlow
 from services.scan.model import Answer, Outcome, ScanInput, ScanRecord, Status
+from services.scan.service import ScanFlow
 from treasure.common.v1 import common_pb2
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 

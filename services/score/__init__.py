@@ -1,1 +1,1 @@
-"""The score service (DESIGN.md, "score")."""
+"""The score service (docs/ARCHITECTURE.md, "score")."""

@@ -12,8 +12,9 @@ from services.geo.client import HuntDirectory
 from services.leaderboard.client import LeaderboardClient
 from services.score.cache import CONTRACT, HotTier
 from services.score.config import ScoreConfig
-from services.score.relay import OutboxRelay
+from services.score.outbox import OutboxDelivery
 from services.score.server import ScoreServicer, binding
+from services.score.service import Scores
 from services.score.store import ScoreStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -45,7 +46,7 @@ async def running(
             breaker_s=config.hot_tier_breaker_s,
         )
         tracer = runtime.telemetry.tracer
-        relay = OutboxRelay(
+        relay = OutboxDelivery(
             store,
             LeaderboardClient(runtime.channel(config.leaderboard_addr)),
             tracer,
@@ -58,16 +59,16 @@ async def running(
             backoff_max_s=config.relay_backoff_max_s,
             stats_interval_s=config.relay_stats_interval_s,
         )
-        runtime.background("score-outbox-relay", relay.run)
+        runtime.background("score-outbox-delivery", relay.run)
         runtime.background("score-hot-tier-repair", hot.run_repairs)
-        servicer = ScoreServicer(
+        scores = Scores(
             store,
             hot,
             HuntDirectory(runtime.channel(config.geo_addr)),
             tracer,
             on_commit=relay.wake,
         )
-        await runtime.serve(binding(servicer))
+        await runtime.serve(binding(ScoreServicer(scores)))
         yield runtime
 
 

@@ -4,99 +4,70 @@ TTL, written through after each commit and refilled from Postgres on a miss.
 
 Postgres is the truth; this tier may lose anything at any time (allkeys-lru,
 flush, restart). Its rules:
-- Every write is one Lua script on one slot that writes only when its version
-  is newer than the cached one, so racing writers never leave an older total.
+- Every write is one Lua script on one slot (`write_through.lua`, `fill.lua`,
+  run by `libs.rediskit.Script`) that writes only when its version is newer
+  than the cached one, so racing writers never leave an older total.
 - The checkpoint set is served only when complete: it carries the version it is
   complete for (`_v`), which must equal the score's version.
-- Every call has a short deadline; nothing here raises to the caller. Reads
+- Every call goes through one `libs.rediskit.RedisGuard`: a short deadline,
+  at most `_MAX_IN_FLIGHT` at once; nothing here raises to the caller. Reads
   answer None (a miss) and writes give up quietly (counted and logged, rate
   limited). A write that failed twice marks the key dirty in a bounded L1 map,
   so this process reads that player from Postgres until a refill succeeds, and
   is retried once in the background with a longer deadline.
-- After a few consecutive connection failures a breaker skips Redis for a
-  moment, so a dead Redis costs nothing per call (a silent one costs at most
-  the deadline).
+- After a few consecutive connection failures the guard's breaker skips
+  Redis for a moment, so a dead Redis costs nothing per call (a silent one
+  costs at most the deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from typing import TypeVar
-
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from datetime import datetime
+from pathlib import Path
+from typing import cast
 
 from libs.cache import MISSING, TtlCache
 from libs.metrics import Metrics
-from libs.rediskit import AnyRedis, RedisContract
+from libs.rediskit import (
+    AnyRedis,
+    Breaker,
+    CacheUnavailable,
+    Failure,
+    RedisContract,
+    RedisGuard,
+    Script,
+)
+from libs.timestamps import from_us, to_us
 from services.score import keys
 from services.score.model import Progress, Score, UnlockedCheckpoint
 
 log = logging.getLogger(__name__)
 
-#: DESIGN.md's Redis table: hot tier: total, found, version per (hunt, player) (30 s TTL); unlocked set.
+#: the Redis table of docs/ARCHITECTURE.md: hot tier: total, found, version per (hunt, player) (30 s TTL); unlocked set.
 CONTRACT = RedisContract(policy="allkeys-lru")
 
-# KEYS: score, checkpoints. ARGV: version, total, found, reached_us, ttl_ms,
-# checkpoint_id, checkpoint value. The set gains the checkpoint only when it
-# was complete for version - 1 (or this is the player's first unlock).
-_WRITE_THROUGH = """
-local v = tonumber(ARGV[1])
-local cv = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
-if cv >= v then return 0 end
-redis.call('HSET', KEYS[1], 't', ARGV[2], 'f', ARGV[3], 'v', ARGV[1], 'r', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-local sv = tonumber(redis.call('HGET', KEYS[2], '_v') or '-1')
-if sv == v - 1 or (v == 1 and sv == -1) then
-  redis.call('HSET', KEYS[2], '_v', ARGV[1], ARGV[6], ARGV[7])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-return 1
-"""
+_HERE = Path(__file__).parent
+#: A committed unlock, written through (`record_unlock`, `run_repairs`).
+_WRITE_THROUGH = Script(_HERE / "write_through.lua")
+#: A score or progress read from Postgres (`fill_score`, `fill_progress`).
+_FILL = Script(_HERE / "fill.lua")
 
-# KEYS: score, checkpoints. ARGV: version, total, found, reached_us, ttl_ms,
-# with_checkpoints (0/1), then checkpoint id/value pairs: the whole set.
-_FILL = """
-local v = tonumber(ARGV[1])
-local cv = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1')
-if cv < v then
-  redis.call('HSET', KEYS[1], 't', ARGV[2], 'f', ARGV[3], 'v', ARGV[1], 'r', ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-end
-if ARGV[6] == '1' then
-  local sv = tonumber(redis.call('HGET', KEYS[2], '_v') or '-1')
-  if sv < v then
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[2], '_v', ARGV[1])
-    for i = 7, #ARGV, 2 do
-      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    end
-    redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  end
-end
-return 1
-"""
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
 #: Below rediskit's 64 pooled connections: more would fail, not wait.
 _MAX_IN_FLIGHT = 56
 _REPAIR_QUEUE = 1024
 _DIRTY_MAX = 100_000
 
-T = TypeVar("T")
-
 
 def _us(value: datetime | None) -> str:
-    return "" if value is None else str((value - _EPOCH) // _MICRO)
+    return "" if value is None else str(to_us(value))
 
 
 def _time(us: str) -> datetime | None:
-    return None if us == "" else _EPOCH + timedelta(microseconds=int(us))
+    return None if us == "" else from_us(int(us))
 
 
 def encode_checkpoint(cp: UnlockedCheckpoint) -> str:
@@ -109,13 +80,9 @@ def decode_checkpoint(checkpoint_id: str, value: str) -> UnlockedCheckpoint:
         checkpoint_id=checkpoint_id,
         points_awarded=int(points),
         first_finder=first == "1",
-        unlocked_at=_time(at),  # type: ignore[arg-type]
+        unlocked_at=from_us(int(at)),  # always written with a time
         scan_id=scan_id,
     )
-
-
-class _Unavailable(Exception):
-    """Internal: the hot tier did not answer (error, deadline, or breaker open)."""
 
 
 class RateLimitedWarning:
@@ -151,22 +118,15 @@ class HotTier:
         dirty_max: int = _DIRTY_MAX,
     ) -> None:
         self._redis = redis
-        self._write = redis.register_script(_WRITE_THROUGH)
-        self._fill = redis.register_script(_FILL)
         self._ttl_ms = str(int(ttl_s * 1000))
         self._ttl_s = ttl_s
-        self._timeout_s = timeout_s
         self._repair_timeout_s = repair_timeout_s
-        self._breaker_failures = breaker_failures
         self._breaker_s = breaker_s
-        self._failures = 0
-        self._open_until = 0.0
         #: Players whose write-through failed: key -> the version Redis lacks.
         self._dirty: TtlCache[str, int] = TtlCache(dirty_max, ttl_s)
         self._dirty_max = dirty_max
         #: When the dirty map overflowed: trust no key until then.
         self._distrust_until = 0.0
-        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._repairs: asyncio.Queue[tuple[list[str], list[str], int]] = asyncio.Queue(
             _REPAIR_QUEUE
         )
@@ -177,36 +137,27 @@ class HotTier:
             ("op",),
         )
         self._warn = RateLimitedWarning(log)
+        self._breaker = Breaker(breaker_failures, breaker_s)
+        self._guard = RedisGuard(
+            "score redis",
+            timeout_s=timeout_s,
+            breaker=self._breaker,
+            max_in_flight=_MAX_IN_FLIGHT,
+            on_failure=self._failed,
+        )
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _call(self, op: str, call: Callable[[], Awaitable[T]], timeout_s: float) -> T:
-        if self._open_until and time.monotonic() < self._open_until:
-            self._errors.labels(op).inc()
-            raise _Unavailable("breaker open")
-        try:
-            async with asyncio.timeout(timeout_s), self._slots:
-                result = await call()
-        except (RedisError, OSError, TimeoutError) as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError from exc  # a cancel that raced the deadline
-            self._errors.labels(op).inc()
-            # Only a refused or broken connection counts towards the breaker: a
-            # missed deadline is as likely a busy event loop as a slow Redis,
-            # and it already bounds what the call cost.
-            if not isinstance(exc, (TimeoutError, RedisTimeoutError)):
-                self._failures += 1
-            if self._failures >= self._breaker_failures and self._breaker_s > 0:
-                self._open_until = time.monotonic() + self._breaker_s
-                self._failures = 0
-                self._warn("score redis failing (%s); skipping it for %.1fs", exc, self._breaker_s)
-            else:
-                self._warn("score redis %s failed: %r", op, exc)
-            raise _Unavailable(op) from exc
-        self._failures = 0
-        self._open_until = 0.0
-        return result
+    def _failed(self, failure: Failure) -> None:
+        self._errors.labels(failure.op).inc()
+        if failure.error is None:  # skipped: the breaker is open
+            return
+        if failure.opened:
+            self._warn(
+                "score redis failing (%s); skipping it for %.1fs", failure.error, self._breaker_s
+            )
+        else:
+            self._warn("score redis %s failed: %r", failure.op, failure.error)
 
     def _trusted(self, key: str) -> bool:
         if self._distrust_until and time.monotonic() < self._distrust_until:
@@ -220,7 +171,7 @@ class HotTier:
 
     def _clean(self, key: str, version: int) -> None:
         lacking = self._dirty.get(key)
-        if lacking is not MISSING and version >= lacking:  # type: ignore[operator]
+        if lacking is not MISSING and version >= lacking:
             self._dirty.invalidate(key)
 
     # -- writes ---------------------------------------------------------------
@@ -242,11 +193,11 @@ class HotTier:
         ]
         for _attempt in range(2):
             try:
-                await self._call(
-                    "write", lambda: self._write(keys=redis_keys, args=args), self._timeout_s
+                await self._guard.call(
+                    lambda: _WRITE_THROUGH.run(self._redis, redis_keys, args), op="write"
                 )
-            except _Unavailable:
-                if self._open_until:
+            except CacheUnavailable:
+                if self._breaker.tripped:
                     break
                 continue
             self._clean(score_key, score.version)
@@ -262,12 +213,12 @@ class HotTier:
         while True:
             redis_keys, args, version = await self._repairs.get()
             try:
-                await self._call(
-                    "repair",
-                    lambda k=redis_keys, a=args: self._write(keys=k, args=a),
-                    self._repair_timeout_s,
+                await self._guard.call(
+                    functools.partial(_WRITE_THROUGH.run, self._redis, redis_keys, args),
+                    op="repair",
+                    timeout_s=self._repair_timeout_s,
                 )
-            except _Unavailable:
+            except CacheUnavailable:
                 continue
             self._clean(redis_keys[0], version)
 
@@ -299,10 +250,8 @@ class HotTier:
         for cp in checkpoints or ():
             args += (cp.checkpoint_id, encode_checkpoint(cp))
         try:
-            await self._call(
-                "fill", lambda: self._fill(keys=redis_keys, args=args), self._timeout_s
-            )
-        except _Unavailable:
+            await self._guard.call(lambda: _FILL.run(self._redis, redis_keys, args), op="fill")
+        except CacheUnavailable:
             return
         self._clean(score_key, score.version)
 
@@ -313,11 +262,10 @@ class HotTier:
         key = keys.player_score(hunt_id, player_id)
         if not self._trusted(key):
             return None
-        try:
-            fields = await self._call(
-                "read", lambda: self._redis.hmget(key, "t", "f", "v", "r"), self._timeout_s
-            )
-        except _Unavailable:
+        fields = await self._guard.call(
+            lambda: self._redis.hmget(key, "t", "f", "v", "r"), op="read", default=None
+        )
+        if fields is None:  # Redis did not answer: a miss
             return None
         total, found, version, reached = fields
         if total is None or found is None or version is None or reached is None:
@@ -327,7 +275,7 @@ class HotTier:
         return Score(
             total_points=int(total),
             checkpoints_found=int(found),
-            reached_at=_time(reached),
+            reached_at=_time(cast(str, reached)),  # decode_responses: str
             version=int(version),
         )
 
@@ -344,10 +292,10 @@ class HotTier:
             pipe.hgetall(cps_key)
             return await pipe.execute()
 
-        try:
-            fields, cps = await self._call("read", read, self._timeout_s)
-        except _Unavailable:
+        both = await self._guard.call(read, op="read", default=None)
+        if both is None:  # Redis did not answer: a miss
             return None
+        fields, cps = both
         total, found, version, reached = fields
         if None in (total, found, version, reached) or cps.get("_v") != version:
             self._metrics.cache_miss("progress", "redis")

@@ -1,42 +1,26 @@
-"""How other services call score: `unlock` (scan), `stream_scores`
-(leaderboard rebuilds), `get_score` and `get_progress`."""
+"""How other services call score: `ScoreClient` implements
+services.score.model.ScoreApi over gRPC (`unlock` for scan, `stream_scores` for
+leaderboard rebuilds), plus `get_score` and `get_progress`; it returns score's
+model types and declares none of its own."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 
 from libs.channels import peer_error
 from libs.timestamps import timestamp
-from services.score.model import PlayerTotal, UnlockedCheckpoint
+from services.score.model import (
+    ZERO,
+    PlayerTotal,
+    Progress,
+    Score,
+    UnlockAnswer,
+    UnlockedCheckpoint,
+)
 from treasure.score.v1 import score_pb2, score_pb2_grpc
-
-
-@dataclass(frozen=True)
-class UnlockOutcome:
-    unlocked: bool  # False: the player had unlocked it already
-    points_awarded: int
-    first_finder: bool
-    total_points: int
-    checkpoints_found: int
-    unlock_scan_id: str
-
-
-@dataclass(frozen=True)
-class Score:
-    total_points: int
-    checkpoints_found: int
-    reached_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Progress:
-    total_points: int
-    checkpoints_found: int
-    checkpoints: tuple[UnlockedCheckpoint, ...]  # oldest first
 
 
 class ScoreClient:
@@ -55,7 +39,7 @@ class ScoreClient:
         first_finder_bonus: int,
         at: datetime,
         timeout_s: float | None = None,
-    ) -> UnlockOutcome:
+    ) -> UnlockAnswer:
         request = score_pb2.UnlockRequest(
             scan_id=scan_id,
             hunt_id=hunt_id,
@@ -69,7 +53,7 @@ class ScoreClient:
             reply = await self._stub.Unlock(request, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise peer_error("score", err) from err
-        return UnlockOutcome(
+        return UnlockAnswer(
             unlocked=reply.result == score_pb2.UNLOCK_RESULT_UNLOCKED,
             points_awarded=reply.points_awarded,
             first_finder=reply.first_finder,
@@ -88,13 +72,7 @@ class ScoreClient:
             )
         except grpc.aio.AioRpcError as err:
             raise peer_error("score", err) from err
-        return Score(
-            total_points=reply.total_points,
-            checkpoints_found=reply.checkpoints_found,
-            reached_at=reply.reached_at.ToDatetime(tzinfo=UTC)
-            if reply.HasField("reached_at")
-            else None,
-        )
+        return _score(reply)
 
     async def get_progress(
         self, hunt_id: str, player_id: str, timeout_s: float | None = None
@@ -107,8 +85,7 @@ class ScoreClient:
         except grpc.aio.AioRpcError as err:
             raise peer_error("score", err) from err
         return Progress(
-            total_points=reply.total_points,
-            checkpoints_found=reply.checkpoints_found,
+            score=_score(reply),
             checkpoints=tuple(
                 UnlockedCheckpoint(
                     checkpoint_id=c.checkpoint_id,
@@ -143,3 +120,14 @@ class ScoreClient:
             raise peer_error("score", err) from err
         finally:
             call.cancel()
+
+
+def _score(reply: score_pb2.GetScoreResponse | score_pb2.GetProgressResponse) -> Score:
+    """A score as the wire tells it: without its version (0), and without
+    reached_at for GetProgress."""
+    if reply.total_points == 0 and reply.checkpoints_found == 0:
+        return ZERO
+    reached = None
+    if isinstance(reply, score_pb2.GetScoreResponse) and reply.HasField("reached_at"):
+        reached = reply.reached_at.ToDatetime(tzinfo=UTC)
+    return Score(reply.total_points, reply.checkpoints_found, reached, version=0)

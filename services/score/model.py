@@ -1,11 +1,14 @@
 """The score service's domain values: small frozen dataclasses that store.py
-and cache.py return and server.py maps to and from the proto messages."""
+and cache.py return and server.py maps to and from the proto messages; and
+`ScoreApi`, what other services call (implemented over gRPC by client.py)."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 
 class UnlockKind(enum.Enum):
@@ -77,3 +80,40 @@ class OutboxRow:
     #: W3C trace context of the Unlock that wrote the row (may be empty).
     traceparent: str
     tracestate: str
+
+
+@dataclass(frozen=True)
+class UnlockAnswer:
+    """What Unlock answers a caller (the wire has no score version)."""
+
+    unlocked: bool  # False: the player had unlocked it already
+    points_awarded: int
+    first_finder: bool
+    total_points: int
+    checkpoints_found: int
+    unlock_scan_id: str
+
+
+class ScoreApi(Protocol):
+    """What other services call: scan unlocks, the leaderboard rebuilds from
+    every total. Implemented over gRPC by services.score.client.ScoreClient;
+    errors are libs.errors kinds (UNAVAILABLE when score cannot answer)."""
+
+    async def unlock(
+        self,
+        *,
+        scan_id: str,
+        hunt_id: str,
+        player_id: str,
+        checkpoint_id: str,
+        points: int,
+        first_finder_bonus: int,
+        at: datetime,
+        timeout_s: float | None = None,
+    ) -> UnlockAnswer: ...
+
+    def stream_scores(
+        self, hunt_id: str, page_size: int = 1000, timeout_s: float = 600.0
+    ) -> AsyncIterator[list[PlayerTotal]]:
+        """Every total of a hunt, one page at a time (ordered by player_id)."""
+        ...

@@ -70,22 +70,18 @@ SELECT count(*) AS depth,
   FROM score.outbox"""
 
 
-@contextlib.contextmanager
-def _mapped(what: str):
-    """Transient Postgres failures become `Unavailable` (the caller may retry)."""
-    try:
-        yield
-    except pg.POSTGRES_ERRORS as exc:
-        if getattr(exc, "sqlstate", None) == "SC001":
-            raise errors.FailedPrecondition(
-                "scan_id was already used to unlock another checkpoint", reason="SCAN_ID_REUSED"
-            ) from exc
-        if pg.is_transient(exc):
-            log.warning("postgres unavailable during %s: %s", what, exc)
-            raise errors.Unavailable(
-                f"scores are unavailable: {what}", retry_after_s=0.5, reason="STORE_UNAVAILABLE"
-            ) from exc
-        raise
+def _scan_id_reused(_exc: BaseException) -> errors.ServiceError:
+    return errors.FailedPrecondition(
+        "scan_id was already used to unlock another checkpoint", reason="SCAN_ID_REUSED"
+    )
+
+
+#: score.unlock() raises SC001 when a scan_id already unlocked another checkpoint.
+_STATES: pg.ErrorStates = {"SC001": _scan_id_reused}
+
+
+def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
+    return pg.mapped_errors(f"scores: {what}", _STATES)
 
 
 class OutboxClaim:

@@ -11,8 +11,9 @@ import asyncpg
 import pytest
 
 from tests.support import faults
-from tests.support.infra import RUN_DIR, dsn_for
+from tests.support.infra import RUN_DIR
 from tests.support.stack import Stack
+from tools.localinfra import throwaway_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,17 +32,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="module")
 async def stack_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     name = f"thtest_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    connection = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    finally:
-        await connection.close()
-    yield dsn_for(pg_admin_dsn, name)
-    connection = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    async with throwaway_database(pg_admin_dsn, name, template=pg_template) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

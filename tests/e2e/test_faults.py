@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from libs.localinfra import PrivatePostgres, free_port
 from tests.support import faults
 from tests.support.faults import ScanLoad, account, board_converged, wait_drained
 from tests.support.hunts import create_hunt, spots
-from tests.support.infra import RUN_DIR, dsn_for
+from tests.support.infra import RUN_DIR
 from tests.support.stack import CLIENT, Stack
+from tools.localinfra import PrivatePostgres, create_database, free_port
 from tools.verify import verify
 
 # Every wait below is bounded; the sum of the bounds stays under this, so a
@@ -339,12 +339,7 @@ async def private_stack() -> AsyncIterator[tuple[Stack, PrivatePostgres, str]]:
     await asyncio.to_thread(postgres.start)
     stack: Stack | None = None
     try:
-        connection = await asyncpg.connect(postgres.dsn)
-        try:
-            await connection.execute('CREATE DATABASE "faults"')
-        finally:
-            await connection.close()
-        dsn = dsn_for(postgres.dsn, "faults")
+        dsn = await create_database(postgres.dsn, "faults")
         stack = Stack(root / "stack", dsn, **STACK_ENV)
         await stack.start()
         yield stack, postgres, dsn

@@ -23,11 +23,11 @@ from libs.auth import Role
 from libs.timestamps import timestamp
 from tests.support.apis import APIS, call, methods, request_class
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
-from tests.support.geo import checkpoint_message, hunt_message
 from tests.support.hunts import Spot, create_hunt, spots
 from tests.support.polling import eventually
 from tests.support.scans import request
 from tests.support.stack import Stack
+from tools.inprocess import checkpoint_message, hunt_message
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2

@@ -17,9 +17,11 @@ from libs.config import Env, ServiceSettings
 from libs.logs import JsonFormatter
 from libs.server import Binding, Runtime
 from services.geo.server import ROLES
-from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer, service_env
+from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.fakes import FakeGeo
-from tests.support.services import spawn, wait_serving
+from tests.support.services import wait_serving
+from tools.inprocess import service_env
+from tools.stack import spawn
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
 
@@ -167,7 +169,7 @@ async def test_graceful_shutdown_finishes_in_flight_calls(served):
 
 async def test_sigterm_on_a_real_process_exits_0(tmp_path, pg_dsn, redis_urls):
     env = service_env("GEO", GEO_PG_DSN=pg_dsn, GEO_REDIS_URL=redis_urls["geo"])
-    from libs.localinfra import free_port
+    from tools.localinfra import free_port
 
     port = free_port()
     env["GEO_GRPC_LISTEN"] = f"127.0.0.1:{port}"

@@ -11,15 +11,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2, status_pb2
 
 from libs.timestamps import timestamp
-from tests.support.geo import (
-    checkpoint_message,
-    create_hunt,
-    geo_service,
-    hunt_message,
-    point,
-    status_of,
-    upsert_checkpoint,
-)
+from tests.support.geo import create_hunt, status_of, upsert_checkpoint
+from tools.inprocess import checkpoint_message, geo_service, hunt_message, point
 from treasure.geo.v1 import geo_pb2
 
 

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from libs.geometry import distance_m
-from services.geo.client import HuntStatus, TagStatus
-from tests.support.geo import ORIGIN, create_hunt, geo_service, point, upsert_checkpoint
+from services.geo.model import HuntStatus, TagStatus
+from tests.support.geo import create_hunt, upsert_checkpoint
 from tests.support.infra import flush
+from tools.inprocess import ORIGIN, geo_service, point
 from treasure.geo.v1 import geo_pb2
 
 #: L1 time to live of the replicas whose L1 expiry a test waits for.

@@ -12,15 +12,8 @@ import pytest
 from libs import rediskit
 from libs.geometry import EARTH_RADIUS_M
 from libs.timestamps import timestamp
-from tests.support.geo import (
-    ORIGIN,
-    FakeClock,
-    create_hunt,
-    geo_service,
-    point,
-    status_of,
-    upsert_checkpoint,
-)
+from tests.support.geo import FakeClock, create_hunt, status_of, upsert_checkpoint
+from tools.inprocess import ORIGIN, geo_service, point
 from treasure.geo.v1 import geo_pb2
 
 BUCKET_S = 20

@@ -11,8 +11,9 @@ import asyncpg
 import grpc
 import pytest
 
-from tests.support.geo import create_hunt, geo_service, status_of
+from tests.support.geo import create_hunt, status_of
 from tests.support.polling import eventually
+from tools.inprocess import geo_service
 from treasure.geo.v1 import geo_pb2
 
 

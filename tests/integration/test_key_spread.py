@@ -1,4 +1,4 @@
-"""The key schema spreads one hunt's load over a Redis Cluster (DESIGN.md,
+"""The key schema spreads one hunt's load over a Redis Cluster (docs/ARCHITECTURE.md,
 "Redis": hash tags by the entity written). 10,000 players of one hunt: every
 per-player key of every service, built by the services' own `keys` modules and
 written for real, lands on all three masters, none holding more than 40%.
@@ -20,12 +20,12 @@ import pytest
 from redis.asyncio import RedisCluster as ClusterClient
 
 from libs import rediskit
-from libs.localinfra import RedisCluster
 from services.geo import keys as geo_keys
 from services.leaderboard import keys as lb_keys
 from services.scan import keys as scan_keys
 from services.score import keys as score_keys
 from tests.support.infra import REPO, RUN_DIR, SERVICES, cluster_mode, flush
+from tools.localinfra import RedisCluster
 
 HUNT = "lisbon-festival"
 PLAYERS = [f"player-{i:05d}" for i in range(10_000)]

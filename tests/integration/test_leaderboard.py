@@ -11,7 +11,6 @@ import pytest
 from libs import rediskit
 from services.leaderboard import keys
 from services.leaderboard.rebuild import now_ms
-from tests.support.catalog import FakeCatalog
 from tests.support.leaderboard import (
     FakeScores,
     expected,
@@ -25,6 +24,7 @@ from tests.support.leaderboard import (
     whole_board,
 )
 from tests.support.polling import eventually
+from tools.doubles import FakeCatalog
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
 HUNT = "h1"

@@ -14,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs import errors, rediskit
-from libs.localinfra import RedisCluster, RedisServer, free_port
 from services.leaderboard import keys
 from services.leaderboard.rebuild import now_ms
 from tests.support.infra import REPO, RUN_DIR, flush
@@ -31,6 +30,7 @@ from tests.support.leaderboard import (
     whole_board,
 )
 from tests.support.polling import eventually
+from tools.localinfra import RedisCluster, RedisServer, free_port
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
 HUNT = "h9"

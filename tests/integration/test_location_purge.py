@@ -24,10 +24,10 @@ from services.scan.model import Answer, Outcome, Position, ScanInput, Status, ne
 from services.scan.purge import LocationPurge
 from services.scan.store import PURGE_DUE, ScanStore
 from tests.support.env import CLIENT_TOKEN, bearer
-from tests.support.geo import ORIGIN, create_hunt, geo_service, upsert_checkpoint
+from tests.support.geo import create_hunt, upsert_checkpoint
 from tests.support.polling import eventually
-from tests.support.score import LeaderboardDouble, score_service
-from tests.support.services import in_process
+from tools.doubles import LeaderboardDouble
+from tools.inprocess import ORIGIN, geo_service, in_process, score_service
 from treasure.common.v1 import common_pb2
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
@@ -304,7 +304,7 @@ async def test_a_purged_scan_reads_back_without_its_location(pg_dsn, redis_urls,
             timeout=10,
         )
         assert reply.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
-        # The flow recorded the hunt's end (tests.support.geo: 5 hours from now).
+        # The flow recorded the hunt's end (tools.inprocess.hunt_message: 5 hours from now).
         ends = await pool.fetchval(
             "SELECT hunt_ends_at FROM scan.scans WHERE scan_id = $1", reply.scan_id
         )

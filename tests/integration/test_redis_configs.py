@@ -1,4 +1,4 @@
-"""Each service's pinned Redis config keeps DESIGN.md's contract, on one Redis
+"""Each service's pinned Redis config keeps the contract of docs/ARCHITECTURE.md, on one Redis
 and on every master of a Redis Cluster, and each service refuses to start on
 a Redis that breaks it."""
 
@@ -11,16 +11,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs import rediskit
-from libs.localinfra import RedisCluster, RedisServer, free_port
 from services.geo.cache import CONTRACT as GEO
 from services.leaderboard.cache import CONTRACT as LEADERBOARD
 from services.scan.cache import CONTRACT as SCAN
 from services.score.cache import CONTRACT as SCORE
-from tests.support.env import service_env
 from tests.support.infra import REPO
+from tools.inprocess import service_env
+from tools.localinfra import RedisCluster, RedisServer, free_port
 
-# DESIGN.md, "Redis: one per service": the policy of each.
-DESIGN_POLICY = {
+# docs/ARCHITECTURE.md, "Redis: one per service": the policy of each.
+POLICY = {
     "scan": "allkeys-lru",
     "score": "allkeys-lru",
     "leaderboard": "noeviction",
@@ -30,7 +30,7 @@ CONTRACTS = {"scan": SCAN, "score": SCORE, "leaderboard": LEADERBOARD, "geo": GE
 DEFAULT_PORTS = {"scan": 6381, "score": 6382, "leaderboard": 6383, "geo": 6384}
 
 
-@pytest.mark.parametrize("service", sorted(DESIGN_POLICY))
+@pytest.mark.parametrize("service", sorted(POLICY))
 async def test_config_file_keeps_the_contract(service, tmp_path):
     config_file = REPO / "services" / service / "redis.conf"
     assert f"port {DEFAULT_PORTS[service]}" in config_file.read_text()
@@ -38,7 +38,7 @@ async def test_config_file_keeps_the_contract(service, tmp_path):
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
         config = await client.config_get("*")
-        assert config["maxmemory-policy"] == DESIGN_POLICY[service] == CONTRACTS[service].policy
+        assert config["maxmemory-policy"] == POLICY[service] == CONTRACTS[service].policy
         assert int(config["maxmemory"]) > 0
         assert config["save"] == ""
         assert config["appendonly"] == "no"
@@ -48,7 +48,7 @@ async def test_config_file_keeps_the_contract(service, tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("service", sorted(DESIGN_POLICY))
+@pytest.mark.parametrize("service", sorted(POLICY))
 async def test_the_suites_redis_keeps_the_contract_on_every_master(service, redis_urls):
     """What the suite runs on (one Redis, or a cluster with TEST_REDIS=cluster)
     passes the check each service runs at start-up, master by master."""

@@ -17,14 +17,14 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from libs import errors, rediskit
-from libs.localinfra import RedisServer, free_port
 from libs.telemetry import Telemetry
 from services.score import keys
-from tests.support.catalog import FakeCatalog
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.infra import REPO, flush
 from tests.support.polling import eventually
-from tests.support.score import LeaderboardDouble, channel_to, score_client, score_service
+from tools.doubles import FakeCatalog, LeaderboardDouble
+from tools.inprocess import channel_to, score_client, score_service
+from tools.localinfra import RedisServer, free_port
 from treasure.score.v1 import score_pb2, score_pb2_grpc
 
 AT = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
@@ -142,7 +142,7 @@ async def test_a_player_without_unlocks_has_zero(client):
     score = await client.get_score("h1", "nobody")
     assert (score.total_points, score.checkpoints_found, score.reached_at) == (0, 0, None)
     progress = await client.get_progress("h1", "nobody")
-    assert (progress.total_points, progress.checkpoints) == (0, ())
+    assert (progress.score.total_points, progress.checkpoints) == (0, ())
     # Cached as version 0; the first unlock still shows at once.
     await unlock(client, "s1", player="nobody")
     assert (await client.get_score("h1", "nobody")).total_points == 15
@@ -234,7 +234,7 @@ async def test_reads_survive_a_flushed_or_partly_evicted_redis(client, redis_url
         await redis.delete(keys.player_score("h1", "p1"))
         await unlock(client, "s3", cp="cp3")  # the set was complete: it gains cp3
         progress = await client.get_progress("h1", "p1")
-        assert progress.total_points == 60 and len(progress.checkpoints) == 4
+        assert progress.score.total_points == 60 and len(progress.checkpoints) == 4
         # A cached value older than Postgres is never written over a newer one.
         await redis.hset(keys.player_score("h1", "p1"), mapping={"t": 1, "v": 1})
         assert await redis.hget(keys.player_score("h1", "p1"), "v") == "1"

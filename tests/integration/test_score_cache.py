@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs import rediskit
-from libs.localinfra import RedisCluster
 from libs.metrics import Metrics
 from services.score import keys
 from services.score.cache import HotTier
 from services.score.model import Progress, Score, UnlockedCheckpoint
 from tests.support.infra import REPO
+from tools.localinfra import RedisCluster
 
 AT = datetime(2026, 6, 1, tzinfo=UTC)
 

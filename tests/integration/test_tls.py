@@ -15,8 +15,9 @@ from libs.channels import open_channel
 from libs.config import Env, ServiceSettings
 from libs.server import Binding, Runtime
 from services.geo.server import ROLES
-from tests.support.env import SERVICE_TOKEN, bearer, service_env
+from tests.support.env import SERVICE_TOKEN, bearer
 from tests.support.fakes import FakeGeo
+from tools.inprocess import service_env
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
 

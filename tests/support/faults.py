@@ -40,7 +40,8 @@ import grpc
 
 from libs.timestamps import timestamp
 from tests.support.hunts import Spot
-from tests.support.stack import CHANNEL_OPTIONS, CLIENT
+from tests.support.stack import CLIENT
+from tools.stack import CHANNEL_OPTIONS
 from tools.verify import read_board
 from treasure.common.v1 import common_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc

@@ -18,11 +18,11 @@ from google.rpc import error_details_pb2, status_pb2
 
 from libs.auth import bearer_interceptors
 from libs.server import Runtime
-from services.leaderboard.client import LeaderboardClient, ScoreUpdate
-from tests.support.catalog import FakeCatalog, serve_catalog
-from tests.support.doubles import serve
+from services.leaderboard.client import LeaderboardClient
+from services.leaderboard.model import ScoreUpdate
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
-from tests.support.services import in_process
+from tools.doubles import FakeCatalog, serve, serve_catalog
+from tools.inprocess import in_process
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 from treasure.leaderboard.v1 import leaderboard_pb2_grpc
 from treasure.score.v1 import score_pb2, score_pb2_grpc

@@ -1,53 +1,12 @@
-"""Running our services for tests: in-process (port 0) or as real processes."""
+"""Our services in tests, beyond tools/inprocess.py (in process) and
+tools/stack.py (as processes): waiting until one is SERVING, and scraping
+its metrics."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import os
-import subprocess
-import sys
 import urllib.request
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-from libs import localinfra
-from libs.server import Runtime
-from tests.support.env import service_env
-
-REPO = Path(__file__).resolve().parents[2]
-
-CONFIG_CLASS = {
-    "scan": "ScanConfig",
-    "score": "ScoreConfig",
-    "leaderboard": "LeaderboardConfig",
-    "geo": "GeoConfig",
-}
-
-
-@contextlib.asynccontextmanager
-async def in_process(service: str, **settings: str) -> AsyncIterator[Runtime]:
-    """The service running in this process on a free port, until the block exits."""
-    config_module = importlib.import_module(f"services.{service}.config")
-    main_module = importlib.import_module(f"services.{service}.__main__")
-    config = getattr(config_module, CONFIG_CLASS[service]).from_env(
-        service_env(service.upper(), **settings)
-    )
-    async with main_module.running(config) as runtime:
-        yield runtime
-
-
-def spawn(service: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`python -m services.<service>` as a real process with `env` added."""
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    log = open(log_path, "ab")  # noqa: SIM115 - closed by the process's end
-    return subprocess.Popen(
-        [sys.executable, "-m", f"services.{service}"],
-        cwd=REPO,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+from tools import localinfra
 
 
 async def wait_serving(target: str, timeout_s: float = 20.0) -> None:

@@ -1,43 +1,24 @@
-"""The whole system for end-to-end tests: four Redis servers of its own (from
-the repo configs), the four services as real processes on free ports, one
-throwaway Postgres database. Services can be killed and restarted; each
-service's Redis can be stopped and started again on its port, flushed, or
-filled to its maxmemory (the fault suite, tests/e2e/test_faults.py)."""
+"""The whole system for end-to-end tests: tools.stack.Stack on free ports,
+each service on a Redis Cluster of its own under TEST_REDIS=cluster (else one
+Redis server), with the short-lived settings; plus what the fault suite
+(tests/e2e/test_faults.py) does to each service's Redis: stop it and start it
+again on its port, flush it, fill it to its maxmemory."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import RedisError
 
 from libs import rediskit
-from libs.localinfra import RedisCluster, RedisServer, free_ports
-from tests.support import infra
-from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, TOKENS, bearer
-from tests.support.services import spawn, wait_serving
-from treasure.geo.v1 import geo_pb2_grpc
-from treasure.leaderboard.v1 import leaderboard_pb2_grpc
-from treasure.scan.v1 import scan_pb2_grpc
-from treasure.score.v1 import score_pb2_grpc
-
-ORDER = ("geo", "score", "leaderboard", "scan")
-
-#: Test channels reconnect at once when a service comes back (gRPC's default
-#: reconnect backoff grows to minutes; a test must not wait on its own client).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
+from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
+from tests.support.infra import cluster_mode
+from tools import stack
+from tools.localinfra import RedisCluster, RedisServer
 
 
 @dataclass(frozen=True)
@@ -51,123 +32,13 @@ class Fill:
     seconds: float
 
 
-class Stack:
+class Stack(stack.Stack):
+    """tools.stack.Stack as the e2e tests run it, with the fault suite's helpers."""
+
     def __init__(self, workdir: Path, pg_dsn: str, **extra_env: str) -> None:
-        self.workdir = workdir
-        self.pg_dsn = pg_dsn
-        self.extra_env = extra_env
-        self.redis: dict[str, RedisServer | RedisCluster] = {}
-        # Chosen in start(), once the Redis servers hold theirs: a port picked
-        # earlier is not bound yet, and a cluster node could pick it too.
-        self.ports: dict[str, int] = {}
-        self.metrics_ports: dict[str, int] = {}
-        self.processes: dict[str, subprocess.Popen] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        super().__init__(workdir, pg_dsn, cluster=cluster_mode(), **extra_env)
 
-    def addr(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
-
-    def env(self) -> dict[str, str]:
-        env = dict(TOKENS)
-        env.update({"SHUTDOWN_GRACE_S": "3", "STARTUP_TIMEOUT_S": "20", "LOG_LEVEL": "INFO"})
-        for name in ORDER:
-            prefix = name.upper()
-            env[f"{prefix}_GRPC_LISTEN"] = self.addr(name)
-            env[f"{prefix}_METRICS_LISTEN"] = f"127.0.0.1:{self.metrics_ports[name]}"
-            env[f"{prefix}_REDIS_URL"] = self.redis[name].url
-            env[f"{prefix}_SERVICE_ADDR"] = self.addr(name)
-            if name != "leaderboard":
-                env[f"{prefix}_PG_DSN"] = self.pg_dsn
-        env.update(self.extra_env)
-        return env
-
-    async def start(self) -> Stack:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        # Side by side: a Redis Cluster takes about 2 s to agree it is whole.
-        started = await asyncio.gather(
-            *(asyncio.to_thread(infra.start_redis, n, self.workdir / f"redis-{n}") for n in ORDER),
-            return_exceptions=True,
-        )
-        for name, server in zip(ORDER, started, strict=True):
-            if not isinstance(server, BaseException):
-                self.redis[name] = server  # stop() stops it, whatever failed
-        for server in started:
-            if isinstance(server, BaseException):
-                raise server
-        ports = free_ports(2 * len(ORDER))
-        self.ports = dict(zip(ORDER, ports[: len(ORDER)], strict=True))
-        self.metrics_ports = dict(zip(ORDER, ports[len(ORDER) :], strict=True))
-        for name in ORDER:
-            self._spawn(name)
-        await asyncio.gather(*(self._wait_serving(n) for n in ORDER))
-        return self
-
-    async def _wait_serving(self, name: str) -> None:
-        """Returns once the service is SERVING; else says why it is not (its
-        exit status and the end of its log)."""
-        try:
-            await wait_serving(self.addr(name), 30)
-        except TimeoutError as exc:
-            status = self.processes[name].poll()
-            tail = "\n".join(self.log(name).splitlines()[-15:])
-            raise TimeoutError(
-                f"{name} on {self.addr(name)} not SERVING after 30s "
-                f"({'running' if status is None else f'exited {status}'}); its log ends:\n{tail}"
-            ) from exc
-
-    def _spawn(self, name: str) -> None:
-        self.processes[name] = spawn(name, self.env(), self.workdir / f"{name}.log")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        process = self.processes[name]
-        process.send_signal(sig)
-        process.wait(30)
-
-    async def stop_service(self, name: str) -> None:
-        """SIGTERM (graceful shutdown) and wait for the process to end."""
-        process = self.processes[name]
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(process.wait, 30)
-
-    async def restart(self, name: str) -> None:
-        if self.processes[name].poll() is None:
-            self.kill(name, signal.SIGTERM)
-        self._spawn(name)
-        await self._wait_serving(name)
-
-    def pids(self) -> dict[str, int]:
-        """The pid of each service process."""
-        return {name: process.pid for name, process in self.processes.items()}
-
-    def exited(self) -> dict[str, int]:
-        """Services whose process has ended, with its exit status."""
-        return {
-            name: code
-            for name, process in self.processes.items()
-            if (code := process.poll()) is not None
-        }
-
-    async def health(self, timeout_s: float = 2.0) -> dict[str, str]:
-        """Each service's grpc.health.v1 status (or the error) right now."""
-        statuses: dict[str, str] = {}
-        for name in ORDER:
-            async with grpc.aio.insecure_channel(self.addr(name)) as channel:
-                try:
-                    reply = await health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=timeout_s
-                    )
-                    statuses[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                except grpc.aio.AioRpcError as err:
-                    statuses[name] = err.code().name
-        return statuses
-
-    # -- each service's Redis ----------------------------------------------------
-
-    def redis_nodes(self, name: str) -> list[RedisServer]:
-        """The redis-server processes of a service's Redis (one, or a cluster's masters)."""
-        server = self.redis[name]
-        return list(server.nodes) if isinstance(server, RedisCluster) else [server]
+    # -- the fault suite: each service's Redis ------------------------------
 
     @staticmethod
     def redis_client(node: RedisServer) -> aioredis.Redis:
@@ -298,44 +169,6 @@ class Stack:
                 await client.config_set(setting, value)
             finally:
                 await client.aclose()
-
-    def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text(errors="replace")
-
-    def channel(self, service: str) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(self.addr(service), options=CHANNEL_OPTIONS)
-        self._channels.append(channel)
-        return channel
-
-    def scan(self) -> scan_pb2_grpc.ScanServiceStub:
-        return scan_pb2_grpc.ScanServiceStub(self.channel("scan"))
-
-    def geo(self) -> geo_pb2_grpc.GeoServiceStub:
-        return geo_pb2_grpc.GeoServiceStub(self.channel("geo"))
-
-    def score(self) -> score_pb2_grpc.ScoreServiceStub:
-        return score_pb2_grpc.ScoreServiceStub(self.channel("score"))
-
-    def leaderboard(self) -> leaderboard_pb2_grpc.LeaderboardServiceStub:
-        return leaderboard_pb2_grpc.LeaderboardServiceStub(self.channel("leaderboard"))
-
-    async def stop(self, keep_files: bool = False) -> None:
-        for channel in self._channels:
-            await channel.close()
-        for name in reversed(ORDER):
-            process = self.processes.get(name)
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                await asyncio.to_thread(process.wait, 15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for server in self.redis.values():
-            server.stop()
-        if not keep_files:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def _cluster_ok(node: RedisServer) -> bool:

@@ -27,7 +27,7 @@ KEY_FUNCTIONS = (
 
 
 def test_keys_follow_the_design_and_share_the_hunt_slot():
-    assert keys.board("h7") == "lb:{h7}"  # DESIGN.md's example
+    assert keys.board("h7") == "lb:{h7}"  # the key the docs show
     names = [f("h7") for f in KEY_FUNCTIONS]
     assert len(set(names)) == len(names)
     assert all(name.startswith("lb:{h7}") for name in names)

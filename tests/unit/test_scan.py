@@ -1,8 +1,8 @@
 from datetime import UTC, datetime, timedelta
 
 from services.scan import keys
-from services.scan.flow import implausible_speed
 from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
+from services.scan.service import implausible_speed
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -30,23 +30,27 @@ def test_walking_is_plausible_and_teleporting_is_not():
     previous = Position(38.7139, -9.1394, 5.0, T0)
     # ~1 km in 10 minutes: walking
     assert not implausible_speed(
-        previous, scan_at(38.7229, -9.1394, T0 + timedelta(minutes=10)), 50.0
+        previous, scan_at(38.7229, -9.1394, T0 + timedelta(minutes=10)).position(), 50.0
     )
     # ~270 km (Lisbon -> Porto-ish) in a minute: no
-    assert implausible_speed(previous, scan_at(41.15, -8.61, T0 + timedelta(minutes=1)), 50.0)
+    assert implausible_speed(
+        previous, scan_at(41.15, -8.61, T0 + timedelta(minutes=1)).position(), 50.0
+    )
 
 
 def test_gps_error_is_given_to_the_player():
     previous = Position(38.7139, -9.1394, 40.0, T0)
     # 70 m apart one second later, but both fixes are +-40 m: not a cheat
     assert not implausible_speed(
-        previous, scan_at(38.71453, -9.1394, T0 + timedelta(seconds=1), 40.0), 50.0
+        previous, scan_at(38.71453, -9.1394, T0 + timedelta(seconds=1), 40.0).position(), 50.0
     )
 
 
 def test_out_of_order_scans_use_the_absolute_gap():
     previous = Position(38.7139, -9.1394, 5.0, T0)
-    assert implausible_speed(previous, scan_at(41.15, -8.61, T0 - timedelta(minutes=1)), 50.0)
+    assert implausible_speed(
+        previous, scan_at(41.15, -8.61, T0 - timedelta(minutes=1)).position(), 50.0
+    )
 
 
 def test_answer_round_trip():

@@ -9,13 +9,14 @@ import pytest
 from opentelemetry import trace
 from redis.crc import key_slot
 
+from libs.backoff import Backoff
 from libs.config import ConfigError
 from libs.errors import InvalidArgument
 from services.score import keys
 from services.score.cache import decode_checkpoint, encode_checkpoint
 from services.score.config import ScoreConfig
 from services.score.model import OutboxRow, UnlockedCheckpoint
-from services.score.relay import Backoff, collapse, links_of
+from services.score.outbox import collapse, links_of
 
 
 def test_keys_follow_the_design_examples():

@@ -1,10 +1,13 @@
-"""Local Redis and Postgres servers for the local stack (`make up`) and tests.
+"""Local Redis and Postgres servers for the local stack (`make up`), the
+tests and the benchmarks: development infrastructure, never shipped plumbing.
 
 Redis servers start from a service's pinned config file; only the port, the
 working directory and (for a cluster) the cluster settings are overridden.
 Postgres is found or made: an explicit DSN; else the server on
 127.0.0.1:5432; else a private cluster under a run folder, created with
-`initdb` as the `postgres` user (initdb refuses to run as root).
+`initdb` as the `postgres` user (initdb refuses to run as root). Databases on
+it are made and dropped here too (`create_database`, `drop_database`,
+`throwaway_database`), and nowhere else.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,12 +123,14 @@ class RedisServer:
         ]  # fmt: skip
 
     @classmethod
-    def on_free_port(cls, config_file: Path, workdir: Path, attempts: int = 3) -> RedisServer:
+    def on_free_port(
+        cls, config_file: Path, workdir: Path, attempts: int = 3, detach: bool = False
+    ) -> RedisServer:
         """Started on a free port. A port is only free when it is chosen: one
         another process takes before Redis binds it is tried again, anew."""
         for attempt in range(1, attempts + 1):
             try:
-                return cls(config_file, free_port(), workdir).start()
+                return cls(config_file, free_port(), workdir, detach=detach).start()
             except InfraError as exc:
                 if attempt == attempts or "Address already in use" not in str(exc):
                     raise
@@ -332,6 +338,64 @@ def find_postgres(
         return private.dsn, None  # ours, left running by an earlier start
     private.start()
     return private.dsn, private
+
+
+def dsn_for(admin_dsn: str, database: str) -> str:
+    """The DSN of `database` on the server of `admin_dsn` (same user, host, port)."""
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{database}"
+
+
+def _quoted(name: str) -> str:
+    if not name or '"' in name or "\0" in name:
+        raise ValueError(f"not a database name: {name!r}")
+    return f'"{name}"'
+
+
+async def create_database(
+    admin_dsn: str, name: str, *, template: str | None = None, keep_existing: bool = False
+) -> str:
+    """Database `name` on the server of `admin_dsn` (a copy of `template` when
+    given, else empty); returns its DSN. A database left under that name (by
+    an earlier run) is dropped first, unless `keep_existing`: then it is kept
+    as it is (`make up` keeps the stack's data)."""
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists and keep_existing:
+            return dsn_for(admin_dsn, name)
+        if exists:
+            await _drop(connection, name)
+        copy = f" TEMPLATE {_quoted(template)}" if template is not None else ""
+        await connection.execute(f"CREATE DATABASE {_quoted(name)}{copy}")
+    finally:
+        await connection.close()
+    return dsn_for(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drops database `name`, cutting its open connections; quiet if it is gone."""
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        await _drop(connection, name)
+    finally:
+        await connection.close()
+
+
+async def _drop(connection: asyncpg.Connection, name: str) -> None:
+    await connection.execute(f"DROP DATABASE IF EXISTS {_quoted(name)} WITH (FORCE)")
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(
+    admin_dsn: str, name: str, *, template: str | None = None
+) -> AsyncIterator[str]:
+    """`create_database` for the block (yields the DSN), dropped when it exits."""
+    dsn = await create_database(admin_dsn, name, template=template)
+    try:
+        yield dsn
+    finally:
+        await drop_database(admin_dsn, name)
 
 
 async def wait_serving(target: str, timeout_s: float) -> bool:

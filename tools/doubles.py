@@ -1,86 +1,62 @@
-"""Test support for the score service: the service in-process with settings
-(and optionally a span exporter) of the test's choosing, a client presenting a
-token, and a real gRPC LeaderboardService double for the outbox relay."""
+"""Servicer doubles on real gRPC servers, for the tests and the benchmarks
+that run a service in process without its peers: `serve` (any servicer on a
+free loopback port), geo's catalog (`FakeCatalog`: GetHunt only; score and the
+leaderboard ask it whether a hunt exists) and a leaderboard that records
+SubmitScores (`FakeLeaderboard`, served by `LeaderboardDouble`: score's
+outbox relay delivers to it)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import grpc
 
-from libs.auth import bearer_interceptors
-from libs.server import Runtime
-from libs.telemetry import Telemetry
-from services.score.__main__ import running
-from services.score.client import ScoreClient
-from services.score.config import ScoreConfig
-from tests.support.catalog import FakeCatalog, serve_catalog
-from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, service_env
+from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
 
-
-def score_config(
-    pg_dsn: str, redis_url: str, leaderboard_addr: str, **settings: str
-) -> ScoreConfig:
-    env = service_env(
-        "SCORE",
-        SCORE_PG_DSN=pg_dsn,
-        SCORE_REDIS_URL=redis_url,
-        LEADERBOARD_SERVICE_ADDR=leaderboard_addr,
-        **settings,
-    )
-    return ScoreConfig.from_env(env)
+_Servicer = TypeVar("_Servicer")
 
 
 @contextlib.asynccontextmanager
-async def score_service(
-    pg_dsn: str,
-    redis_url: str,
-    leaderboard_addr: str,
-    *,
-    telemetry: Telemetry | None = None,
-    catalog: FakeCatalog | None = None,
-    **settings: str,
-) -> AsyncIterator[Runtime]:
-    """The score service in this process on a free port, until the block exits.
-    Geo's catalog is a double (`catalog`, or one where every hunt exists)
-    unless GEO_SERVICE_ADDR is given."""
-    async with contextlib.AsyncExitStack() as stack:
-        if "GEO_SERVICE_ADDR" not in settings:
-            settings["GEO_SERVICE_ADDR"] = await stack.enter_async_context(serve_catalog(catalog))
-        config = score_config(pg_dsn, redis_url, leaderboard_addr, **settings)
-        async with running(config, telemetry=telemetry) as runtime:
-            yield runtime
-
-
-@contextlib.asynccontextmanager
-async def channel_to(port: int, token: str = SERVICE_TOKEN) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", interceptors=list(bearer_interceptors(token))
-    )
+async def serve(
+    add_to_server: Callable[[_Servicer, grpc.aio.Server], None], servicer: _Servicer
+) -> AsyncIterator[str]:
+    """`servicer` (registered with its generated `add_*_to_server`) on a free
+    port until the block exits; yields its address."""
+    server = grpc.aio.server()
+    add_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
     try:
-        yield channel
+        yield f"127.0.0.1:{port}"
     finally:
-        await channel.close()
+        await server.stop(0)
 
 
-class Clients:
-    """The score client as its callers hold it: Unlock and StreamScores with
-    the service token, GetScore and GetProgress with the client token."""
+class FakeCatalog(geo_pb2_grpc.GeoServiceServicer):
+    """GetHunt finds the hunts in `hunts` (every hunt when None); `asked`
+    counts the calls, so a test can see the caller's cache at work."""
 
-    def __init__(self, service: ScoreClient, public: ScoreClient) -> None:
-        self.unlock = service.unlock
-        self.stream_scores = service.stream_scores
-        self.get_score = public.get_score
-        self.get_progress = public.get_progress
+    def __init__(self, hunts: Iterable[str] | None = None) -> None:
+        self.hunts = None if hunts is None else set(hunts)
+        self.asked = 0
+
+    async def GetHunt(self, request, context):
+        self.asked += 1
+        if self.hunts is not None and request.hunt_id not in self.hunts:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"hunt {request.hunt_id} not found")
+        return geo_pb2.GetHuntResponse(hunt=geo_pb2.Hunt(hunt_id=request.hunt_id))
 
 
-@contextlib.asynccontextmanager
-async def score_client(port: int) -> AsyncIterator[Clients]:
-    async with channel_to(port, SERVICE_TOKEN) as service, channel_to(port, CLIENT_TOKEN) as public:
-        yield Clients(ScoreClient(service, timeout_s=10.0), ScoreClient(public, timeout_s=10.0))
+def serve_catalog(catalog: FakeCatalog | None = None) -> AbstractAsyncContextManager[str]:
+    """The double (every hunt exists unless given one) on a free port; yields its address."""
+    # A double answers only what its callers ask (the generated base is abstract).
+    catalog = catalog or FakeCatalog()  # type: ignore[abstract]
+    return serve(geo_pb2_grpc.add_GeoServiceServicer_to_server, catalog)
 
 
 class FakeLeaderboard(leaderboard_pb2_grpc.LeaderboardServiceServicer):
@@ -137,7 +113,7 @@ class LeaderboardDouble:
     again on the same port."""
 
     def __init__(self) -> None:
-        self.servicer = FakeLeaderboard()
+        self.servicer = FakeLeaderboard()  # type: ignore[abstract]  # SubmitScores only
         self.port = 0
         self._server: grpc.aio.Server | None = None
 

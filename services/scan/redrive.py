@@ -1,4 +1,5 @@
-"""The scan relay: applies scans left 'received' (a crash, geo or score down).
+"""The re-drive: applies scans left 'received' (a crash, geo or score down).
+(Its metrics keep their first name, `scan_relay_*`, for dashboards and alerts.)
 
 It claims due rows in batches (FOR UPDATE SKIP LOCKED, with a lease, so
 replicas share the work without driving one scan twice at once) and drives
@@ -19,13 +20,13 @@ from opentelemetry import propagate, trace
 from libs import errors
 from libs.deadlines import Budget
 from libs.metrics import Metrics
-from services.scan.flow import ScanFlow
+from services.scan.service import ScanFlow
 from services.scan.store import ScanStore
 
 log = logging.getLogger(__name__)
 
 
-class ScanRelay:
+class Redrive:
     def __init__(
         self,
         store: ScanStore,

@@ -1,7 +1,7 @@
-"""The leaderboard's operations: submit totals, read the boards, rebuild them.
+"""The leaderboard's rules: submit totals, read the boards, rebuild them.
 
 Sits between the servicer (which converts protos) and the Redis store
-(`cache.BoardStore`). It owns the rules a caller sees:
+(`cache.BoardStore`), in model.py's types. It owns the rules a caller sees:
 - a board that is missing (no build marker) is never served nor written
   piecemeal. A read of a missing board asks geo's catalog whether the hunt
   exists (NOT_FOUND if not), then rebuilds the board (an empty one for a hunt
@@ -28,17 +28,18 @@ from libs import errors
 from libs.cache import MISSING, SingleFlight, TtlCache
 from libs.metrics import Metrics
 from services.geo.model import HuntNotFound, Hunts
-from services.leaderboard.cache import (
+from services.leaderboard.cache import BoardStore
+from services.leaderboard.model import (
     Around,
     BoardState,
-    BoardStore,
     Cursor,
     Entry,
+    RebuildResult,
     SubmitCounts,
     TopPage,
     Update,
 )
-from services.leaderboard.rebuild import Rebuilder, RebuildResult
+from services.leaderboard.rebuild import Rebuilder
 
 _TopKey = tuple[str, int, Cursor | None]
 _T = TypeVar("_T")
@@ -160,7 +161,7 @@ class Leaderboard:
             if page is not MISSING:
                 self._metrics.cache_hit("top", "l1")
                 span.set_attribute("cache.hit", True)
-                return page  # type: ignore[return-value]
+                return page
             self._metrics.cache_miss("top", "l1")
             span.set_attribute("cache.hit", False)
             return await self._top_flight.do(key, lambda: self._load_top(key, wait_s))

@@ -1,4 +1,4 @@
-"""The outbox relay: sends committed totals to the leaderboard.
+"""Outbox delivery (the outbox relay): sends committed totals to the leaderboard.
 
 Unlock commits a row to `score.outbox` in its transaction and wakes the relay.
 The relay claims up to `batch` of the oldest rows with `FOR UPDATE SKIP
@@ -34,8 +34,9 @@ from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from libs import errors
+from libs.backoff import Backoff
 from libs.metrics import Metrics
-from services.leaderboard.client import LeaderboardClient, ScoreUpdate
+from services.leaderboard.model import LeaderboardApi, ScoreUpdate
 from services.score.cache import RateLimitedWarning
 from services.score.model import OutboxRow
 from services.score.store import OutboxClaim, ScoreStore
@@ -78,28 +79,11 @@ def links_of(rows: Sequence[OutboxRow]) -> list[trace.Link]:
     return links
 
 
-class Backoff:
-    """Exponential delays between `low` and `high` seconds; reset on success."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self._low = low
-        self._high = high
-        self._next = low
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._high, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self._low
-
-
-class OutboxRelay:
+class OutboxDelivery:
     def __init__(
         self,
         store: ScoreStore,
-        leaderboard: LeaderboardClient,
+        leaderboard: LeaderboardApi,
         tracer: trace.Tracer,
         metrics: Metrics,
         *,

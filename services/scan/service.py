@@ -25,19 +25,21 @@ SubmitScan has answered (losing it costs only a Postgres read for a retry).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
-import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from opentelemetry import propagate, trace
-from redis.exceptions import RedisError
 
-from libs import errors
+from libs import backoff, errors
 from libs.deadlines import Budget
 from libs.geometry import distance_m
 from libs.metrics import Metrics
-from services.geo.client import CheckInResult, GeoClient, TagStatus
+from libs.rediskit import Failure, RedisGuard
+from services.geo.model import CheckInAnswer, GeoApi, TagStatus
 from services.scan.cache import ScanCache
 from services.scan.model import (
     PLAUSIBLE,
@@ -50,7 +52,7 @@ from services.scan.model import (
     new_scan_id,
 )
 from services.scan.store import ScanStore
-from services.score.client import ScoreClient
+from services.score.model import ScoreApi
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +101,80 @@ class FlowSettings:
     max_in_flight: int = 64
 
 
-def implausible_speed(previous: Position, scan: ScanInput, max_speed_mps: float) -> bool:
-    """True when the player cannot have come from `previous` in time. GPS error
-    (each fix's accuracy, capped at 50 m) is given to the player."""
+def implausible_speed(previous: Position, scan: Position, max_speed_mps: float) -> bool:
+    """The speed check: True when the player cannot have come from `previous`
+    to `scan` in time. GPS error (each fix's accuracy, capped at 50 m) is given
+    to the player, and at least 1 s is assumed between the fixes."""
     gap = distance_m(previous.lat, previous.lon, scan.lat, scan.lon)
     gap -= min(previous.accuracy_m, 50.0) + min(scan.accuracy_m, 50.0)
     if gap <= 0:
         return False
-    seconds = abs((scan.scanned_at - previous.at).total_seconds())
+    seconds = abs((scan.at - previous.at).total_seconds())
     return gap / max(seconds, 1.0) > max_speed_mps
+
+
+def catalog_verdict(check: CheckInAnswer, at: datetime) -> Outcome | None:
+    """What geo's answer alone decides, in this order: a hunt that does not
+    exist, a tag that is not an active checkpoint of the hunt, a hunt not
+    playable at `at`, a player out of range. None: the scan goes on."""
+    if check.tag_status is TagStatus.UNKNOWN_HUNT:
+        return Outcome.UNKNOWN_HUNT
+    if check.tag_status is not TagStatus.FOUND:
+        return Outcome.UNKNOWN_TAG
+    if not check.hunt_active_at(at):
+        return Outcome.HUNT_NOT_ACTIVE
+    if not check.in_range:
+        return Outcome.OUT_OF_RANGE
+    return None
+
+
+async def decide(
+    record: ScanRecord,
+    check: CheckInAnswer,
+    previous_position: Callable[[], Awaitable[Position | None]],
+    score: ScoreApi,
+    *,
+    max_speed_mps: float,
+    score_timeout_s: float,
+) -> Answer:
+    """The scan's outcome, in the order the rules apply: geo's answer
+    (`catalog_verdict`), then the speed check against the player's previous
+    plausible position (read only when it matters), then score's Unlock
+    (UNLOCKED, or ALREADY_UNLOCKED). A peer's error passes through: the caller
+    leaves the scan 'received' for the re-drive."""
+    scan = record.input
+    outcome = catalog_verdict(check, scan.scanned_at)
+    if outcome is None:
+        previous = await previous_position()
+        if previous is not None and implausible_speed(previous, scan.position(), max_speed_mps):
+            outcome = Outcome.IMPLAUSIBLE_SPEED
+    named = check.tag_status is TagStatus.FOUND  # only then is the checkpoint in the answer
+    answer = Answer(
+        scan_id=record.scan_id,
+        status=Status.APPLIED,
+        outcome=outcome,
+        checkpoint_id=check.checkpoint_id if named else "",
+        checkpoint_name=check.checkpoint_name if named else "",
+    )
+    if outcome is not None:
+        return answer
+    unlock = await score.unlock(
+        scan_id=record.scan_id,
+        hunt_id=scan.hunt_id,
+        player_id=scan.player_id,
+        checkpoint_id=check.checkpoint_id,
+        points=check.points,
+        first_finder_bonus=check.first_finder_bonus,
+        at=scan.scanned_at,
+        timeout_s=score_timeout_s,
+    )
+    return dataclasses.replace(
+        answer,
+        outcome=Outcome.UNLOCKED if unlock.unlocked else Outcome.ALREADY_UNLOCKED,
+        points_awarded=unlock.points_awarded,
+        total_points=unlock.total_points,
+        first_finder=unlock.first_finder,
+    )
 
 
 class ScanFlow:
@@ -115,8 +182,8 @@ class ScanFlow:
         self,
         store: ScanStore,
         cache: ScanCache,
-        geo: GeoClient,
-        score: ScoreClient,
+        geo: GeoApi,
+        score: ScoreApi,
         tracer: trace.Tracer,
         metrics: Metrics,
         settings: FlowSettings,
@@ -133,6 +200,11 @@ class ScanFlow:
         self._outcomes = metrics.counter("scans_total", "Scans answered, by outcome.", ("outcome",))
         self._redis_errors = metrics.counter(
             "scan_redis_errors_total", "Scan Redis calls that failed (served from Postgres)."
+        )
+        #: Every scan Redis call: at most redis_timeout_s, and on failure the
+        #: scan goes on without Redis (fail open; Postgres keeps it idempotent).
+        self._redis = RedisGuard(
+            "scan redis", timeout_s=settings.redis_timeout_s, on_failure=self._redis_failed
         )
         self._shed = metrics.counter(
             "scans_shed_total", "New scans refused because max_in_flight scans were in flight."
@@ -160,7 +232,7 @@ class ScanFlow:
                 # Shielded: a caller that hangs up does not stop a scan half way.
                 task = asyncio.ensure_future(self._admit_and_process(scan, budget))
                 self._inflight[key] = (scan, task)
-                task.add_done_callback(lambda t, k=key: self._settled(k, t))
+                task.add_done_callback(functools.partial(self._settled, key))
                 answer = await asyncio.shield(task)
             else:
                 first, task = running
@@ -174,6 +246,11 @@ class ScanFlow:
             self._outcomes.labels(answer.outcome.value if answer.outcome else "pending").inc()
             return answer
 
+    def _redis_failed(self, failure: Failure) -> None:
+        self._redis_errors.inc()
+        if failure.op != "pending":
+            log.warning("scan redis unavailable %s: %s", failure.op, failure.error)
+
     def _settled(self, key: tuple[str, str, str], task: asyncio.Task[Answer]) -> None:
         """A scan's task ended. Its callers may all have hung up: its error
         was answered to whoever waited, and is not reported again."""
@@ -182,13 +259,11 @@ class ScanFlow:
             task.exception()
 
     async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> Answer:
-        try:
-            async with asyncio.timeout(self._settings.redis_timeout_s):
-                admission = await self._cache.admit(scan)
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
+        admission = await self._redis.call(
+            lambda: self._cache.admit(scan), op="at admission", default=None
+        )
+        if admission is None:
             # Fail open: without Redis there is no rate limit; Postgres keeps scans idempotent.
-            self._redis_errors.inc()
-            log.warning("scan redis unavailable at admission: %s", exc)
             return await self._first(scan, None, budget)
         if admission.retry_after_ms is not None:
             raise RateLimited(
@@ -268,12 +343,9 @@ class ScanFlow:
             delay = min(delay * 2, 0.05)
 
     async def _pending_marker(self, scan: ScanInput) -> bool:
-        try:
-            async with asyncio.timeout(self._settings.redis_timeout_s):
-                return await self._cache.pending(scan)
-        except (RedisError, OSError):
-            self._redis_errors.inc()
-            return False
+        return await self._redis.call(
+            lambda: self._cache.pending(scan), op="pending", default=False
+        )
 
     # -- applying (SubmitScan and the relay) -----------------------------------
 
@@ -283,7 +355,7 @@ class ScanFlow:
         budget: Budget,
         previous: Position | None = None,
         previous_known: bool = False,
-        check: asyncio.Future[CheckInResult] | None = None,
+        check: asyncio.Future[CheckInAnswer] | None = None,
     ) -> Answer:
         """Decides and applies a recorded scan; leaves it 'received' for the
         relay when geo or score cannot answer now. `check`: its CheckIn, when
@@ -294,9 +366,9 @@ class ScanFlow:
                 record, previous, previous_known, budget, check
             )
         except errors.ServiceError as exc:
-            delay = min(
-                self._settings.max_backoff_s, 0.5 * 2 ** min(record.attempts, 10)
-            ) * random.uniform(0.8, 1.2)
+            delay = backoff.exponential(
+                record.attempts, base_s=0.5, cap_s=self._settings.max_backoff_s, jitter=0.2
+            )
             log.warning(
                 "scan %s not applied yet (attempt %s): %s", record.scan_id, record.attempts, exc
             )
@@ -307,9 +379,7 @@ class ScanFlow:
         final = (await self._store.apply(answer, hunt_ends_at)).answer
         position = None
         if final.outcome in PLAUSIBLE:
-            position = Position(
-                lat=scan.lat, lon=scan.lon, accuracy_m=scan.accuracy_m, at=scan.scanned_at
-            )
+            position = scan.position()
         self._remember(scan, final, position)
         return final
 
@@ -324,21 +394,21 @@ class ScanFlow:
     async def _finish(
         self, scan: ScanInput, answer: Answer | None, position: Position | None
     ) -> None:
-        try:
-            async with asyncio.timeout(self._settings.redis_timeout_s):
-                await self._cache.finish(scan, answer, position)
-        except (RedisError, OSError) as exc:
-            self._redis_errors.inc()
-            log.warning("scan redis unavailable when storing the answer: %s", exc)
+        await self._redis.call(
+            lambda: self._cache.finish(scan, answer, position),
+            op="when storing the answer",
+            default=None,
+        )
 
-    async def _check_in(self, scan: ScanInput, budget: Budget) -> CheckInResult:
+    async def _check_in(self, scan: ScanInput, budget: Budget) -> CheckInAnswer:
+        where = scan.position()
         return await self._geo.check_in(
             hunt_id=scan.hunt_id,
             player_id=scan.player_id,
             tag_id=scan.tag_id,
-            lat=scan.lat,
-            lon=scan.lon,
-            accuracy_m=scan.accuracy_m,
+            lat=where.lat,
+            lon=where.lon,
+            accuracy_m=where.accuracy_m,
             at=scan.scanned_at,
             timeout_s=budget.timeout(self._settings.geo_timeout_s),
         )
@@ -349,7 +419,7 @@ class ScanFlow:
         previous: Position | None,
         previous_known: bool,
         budget: Budget,
-        check_started: asyncio.Future[CheckInResult] | None = None,
+        check_started: asyncio.Future[CheckInAnswer] | None = None,
     ) -> tuple[Answer, datetime | None]:
         """The answer, and the end of the scan's hunt when geo told it.
         `previous`: the player's last plausible position, when the caller
@@ -366,49 +436,20 @@ class ScanFlow:
             ), None
         check = await (check_started or self._check_in(scan, budget))
 
-        def answer(outcome: Outcome, **fields: object) -> Answer:
-            return Answer(
-                scan_id=record.scan_id,
-                status=Status.APPLIED,
-                outcome=outcome,
-                checkpoint_id=check.checkpoint_id,
-                checkpoint_name=check.checkpoint_name,
-                **fields,  # type: ignore[arg-type]
-            )
+        async def previous_position() -> Position | None:
+            if previous_known:
+                return previous
+            return await self._store.previous_position(scan.player_id, record.scan_id)
 
-        ends = check.hunt_ends_at
-        if check.tag_status is TagStatus.UNKNOWN_HUNT:
-            return Answer(
-                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.UNKNOWN_HUNT
-            ), ends
-        if check.tag_status is not TagStatus.FOUND:
-            return Answer(
-                scan_id=record.scan_id, status=Status.APPLIED, outcome=Outcome.UNKNOWN_TAG
-            ), ends
-        if not check.hunt_active_at(scan.scanned_at):
-            return answer(Outcome.HUNT_NOT_ACTIVE), ends
-        if not check.in_range:
-            return answer(Outcome.OUT_OF_RANGE), ends
-        if not previous_known:
-            previous = await self._store.previous_position(scan.player_id, record.scan_id)
-        if previous is not None and implausible_speed(previous, scan, self._settings.max_speed_mps):
-            return answer(Outcome.IMPLAUSIBLE_SPEED), ends
-        unlock = await self._score.unlock(
-            scan_id=record.scan_id,
-            hunt_id=scan.hunt_id,
-            player_id=scan.player_id,
-            checkpoint_id=check.checkpoint_id,
-            points=check.points,
-            first_finder_bonus=check.first_finder_bonus,
-            at=scan.scanned_at,
-            timeout_s=budget.timeout(self._settings.score_timeout_s),
+        answer = await decide(
+            record,
+            check,
+            previous_position,
+            self._score,
+            max_speed_mps=self._settings.max_speed_mps,
+            score_timeout_s=budget.timeout(self._settings.score_timeout_s),
         )
-        return answer(
-            Outcome.UNLOCKED if unlock.unlocked else Outcome.ALREADY_UNLOCKED,
-            points_awarded=unlock.points_awarded,
-            total_points=unlock.total_points,
-            first_finder=unlock.first_finder,
-        ), ends
+        return answer, check.hunt_ends_at
 
     # -- reads -----------------------------------------------------------------
 
