@@ -24,6 +24,15 @@ def is_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
+def key_id(kind: str, value: str) -> str:
+    """An id on its way into a Redis key (each service's keys.py). Servers
+    validate ids first, so one that breaks the rule here is a bug: ValueError,
+    never a key that escapes its hash tag or runs into the next part."""
+    if not is_id(value):
+        raise ValueError(f"invalid {kind} for a Redis key: {value!r}")
+    return value
+
+
 def require_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "is required")

@@ -6,7 +6,7 @@ player's last location, `{tag_id}` for the tag cache and `{hunt_id}` for the
 hunt cache. Every script and multi-key command of `services.geo.cache` touches
 keys of one tag only, so it runs unchanged on Redis Cluster.
 
-Ids are checked against libs.validate's rule here as well (the server checks
+Ids are checked with libs.validate.key_id here as well (the server checks
 them first): no id can carry a `{`, `}` or `:` into a key.
 
 | key | type | holds | lifetime |
@@ -22,13 +22,7 @@ them first): no id can carry a `{`, `}` or `:` into a key.
 
 from __future__ import annotations
 
-from libs.validate import is_id
-
-
-def _checked(kind: str, value: str) -> str:
-    if not is_id(value):
-        raise ValueError(f"invalid {kind} for a Redis key: {value!r}")
-    return value
+from libs.validate import key_id as _checked
 
 
 def tag(tag_id: str) -> str:

@@ -46,17 +46,27 @@ class LeaderboardConfig:
             redis_url=env.str("LEADERBOARD_REDIS_URL"),
             score_addr=env.str("SCORE_SERVICE_ADDR"),
             geo_addr=env.str("GEO_SERVICE_ADDR"),
-            top_cache_ms=env.int("LEADERBOARD_TOP_CACHE_MS", 200, min=1, max=250),
-            top_cache_entries=env.int("LEADERBOARD_TOP_CACHE_ENTRIES", 2048, min=1, max=1_000_000),
-            watch_rate=env.float("LEADERBOARD_WATCH_RATE", 4.0, min=0.1, max=100.0),
-            reconcile_s=env.float("LEADERBOARD_RECONCILE_S", 600.0, min=0.0, max=86_400.0),
-            rebuild_timeout_s=env.float(
-                "LEADERBOARD_REBUILD_TIMEOUT_S", 600.0, min=1.0, max=7200.0
+            top_cache_ms=env.int("LEADERBOARD_TOP_CACHE_MS", cls.top_cache_ms, min=1, max=250),
+            top_cache_entries=env.int(
+                "LEADERBOARD_TOP_CACHE_ENTRIES", cls.top_cache_entries, min=1, max=1_000_000
             ),
-            rebuild_page_size=env.int("LEADERBOARD_REBUILD_PAGE_SIZE", 2000, min=1, max=5000),
-            rebuild_lock_s=env.float("LEADERBOARD_REBUILD_LOCK_S", 30.0, min=1.0, max=3600.0),
-            retry_after_s=env.float("LEADERBOARD_RETRY_AFTER_S", 1.0, min=0.01, max=60.0),
-            max_hunts=env.int("LEADERBOARD_MAX_HUNTS", 10_000, min=1, max=1_000_000),
+            watch_rate=env.float("LEADERBOARD_WATCH_RATE", cls.watch_rate, min=0.1, max=100.0),
+            reconcile_s=env.float(
+                "LEADERBOARD_RECONCILE_S", cls.reconcile_s, min=0.0, max=86_400.0
+            ),
+            rebuild_timeout_s=env.float(
+                "LEADERBOARD_REBUILD_TIMEOUT_S", cls.rebuild_timeout_s, min=1.0, max=7200.0
+            ),
+            rebuild_page_size=env.int(
+                "LEADERBOARD_REBUILD_PAGE_SIZE", cls.rebuild_page_size, min=1, max=5000
+            ),
+            rebuild_lock_s=env.float(
+                "LEADERBOARD_REBUILD_LOCK_S", cls.rebuild_lock_s, min=1.0, max=3600.0
+            ),
+            retry_after_s=env.float(
+                "LEADERBOARD_RETRY_AFTER_S", cls.retry_after_s, min=0.01, max=60.0
+            ),
+            max_hunts=env.int("LEADERBOARD_MAX_HUNTS", cls.max_hunts, min=1, max=1_000_000),
         )
         env.finish()
         return config

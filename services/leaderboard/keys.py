@@ -2,7 +2,8 @@
 
 Keys (all of one hunt share the hash tag `{hunt_id}`, so every script and
 RENAME of a hunt touches one slot, on one Redis or on Redis Cluster). Ids are
-validated (`libs.validate`) before they reach these functions.
+validated (`libs.validate`) before they reach these functions, and checked
+again here (`key_id`).
 
 | function | key | type | holds |
 | --- | --- | --- | --- |
@@ -51,6 +52,8 @@ tests/integration/test_leaderboard_encoding.py runs the Lua against
 
 from __future__ import annotations
 
+from libs.validate import key_id
+
 TIME_BITS = 33
 TIME_SPAN = 1 << TIME_BITS
 MAX_OFFSET_MS = TIME_SPAN - 1
@@ -62,34 +65,38 @@ EPOCH_LEAD_MS = 1 << 32
 ENCODING = {"TOTAL_BIAS": TOTAL_BIAS, "MAX_TOTAL": MAX_TOTAL, "TIME_SPAN": TIME_SPAN}
 
 
+def _tag(hunt_id: str) -> str:
+    return key_id("hunt_id", hunt_id)
+
+
 def board(hunt_id: str) -> str:
     """The live sorted set of a hunt: member player_id, score `encode_score`."""
-    return f"lb:{{{hunt_id}}}"
+    return f"lb:{{{_tag(hunt_id)}}}"
 
 
 def players(hunt_id: str) -> str:
     """The live hash of a hunt: player_id -> `version|total|reached_ms`."""
-    return f"lb:{{{hunt_id}}}:p"
+    return f"lb:{{{_tag(hunt_id)}}}:p"
 
 
 def meta(hunt_id: str) -> str:
     """The build marker of a hunt's board: `build`, `epoch`, `built_at`, `seq`."""
-    return f"lb:{{{hunt_id}}}:meta"
+    return f"lb:{{{_tag(hunt_id)}}}:meta"
 
 
 def build_lock(hunt_id: str) -> str:
     """Held (`build_id|epoch`, with PX) by the one rebuild of a hunt in progress."""
-    return f"lb:{{{hunt_id}}}:build"
+    return f"lb:{{{_tag(hunt_id)}}}:build"
 
 
 def tmp_board(hunt_id: str) -> str:
     """The sorted set a rebuild fills before it is RENAMEd over `board`."""
-    return f"lb:{{{hunt_id}}}:tmp"
+    return f"lb:{{{_tag(hunt_id)}}}:tmp"
 
 
 def tmp_players(hunt_id: str) -> str:
     """The hash a rebuild fills before it is RENAMEd over `players`."""
-    return f"lb:{{{hunt_id}}}:tmp:p"
+    return f"lb:{{{_tag(hunt_id)}}}:tmp:p"
 
 
 def epoch_for(build_ms: int) -> int:

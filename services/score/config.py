@@ -52,25 +52,35 @@ class ScoreConfig:
             redis_url=env.str("SCORE_REDIS_URL"),
             leaderboard_addr=env.str("LEADERBOARD_SERVICE_ADDR"),
             geo_addr=env.str("GEO_SERVICE_ADDR"),
-            pg_pool_min=env.int("SCORE_PG_POOL_MIN", 2, min=1, max=100),
-            pg_pool_max=env.int("SCORE_PG_POOL_MAX", 16, min=2, max=200),
-            hot_tier_ttl_s=env.float("SCORE_HOT_TIER_TTL_S", 30.0, min=1, max=86400),
+            pg_pool_min=env.int("SCORE_PG_POOL_MIN", cls.pg_pool_min, min=1, max=100),
+            pg_pool_max=env.int("SCORE_PG_POOL_MAX", cls.pg_pool_max, min=2, max=200),
+            hot_tier_ttl_s=env.float("SCORE_HOT_TIER_TTL_S", cls.hot_tier_ttl_s, min=1, max=86400),
             hot_tier_timeout_s=env.float("SCORE_HOT_TIER_TIMEOUT_MS", 5.0, min=1, max=10_000)
             / 1000,
             hot_tier_repair_timeout_s=env.float(
                 "SCORE_HOT_TIER_REPAIR_TIMEOUT_MS", 250.0, min=1, max=60_000
             )
             / 1000,
-            hot_tier_breaker_failures=env.int("SCORE_HOT_TIER_BREAKER_FAILURES", 5, min=1),
-            hot_tier_breaker_s=env.float("SCORE_HOT_TIER_BREAKER_S", 1.0, min=0, max=600),
-            relay_batch=env.int("SCORE_RELAY_BATCH", 500, min=1, max=1000),
+            hot_tier_breaker_failures=env.int(
+                "SCORE_HOT_TIER_BREAKER_FAILURES", cls.hot_tier_breaker_failures, min=1
+            ),
+            hot_tier_breaker_s=env.float(
+                "SCORE_HOT_TIER_BREAKER_S", cls.hot_tier_breaker_s, min=0, max=600
+            ),
+            relay_batch=env.int("SCORE_RELAY_BATCH", cls.relay_batch, min=1, max=1000),
             relay_flush_s=env.float("SCORE_RELAY_FLUSH_MS", 100.0, min=1, max=60_000) / 1000,
             relay_linger_s=env.float("SCORE_RELAY_LINGER_MS", 25.0, min=0, max=60_000) / 1000,
-            relay_send_timeout_s=env.float("SCORE_RELAY_SEND_TIMEOUT_S", 2.0, min=0.01, max=600),
-            relay_backoff_min_s=env.float("SCORE_RELAY_BACKOFF_MIN_S", 0.05, min=0.001, max=600),
-            relay_backoff_max_s=env.float("SCORE_RELAY_BACKOFF_MAX_S", 5.0, min=0.001, max=3600),
+            relay_send_timeout_s=env.float(
+                "SCORE_RELAY_SEND_TIMEOUT_S", cls.relay_send_timeout_s, min=0.01, max=600
+            ),
+            relay_backoff_min_s=env.float(
+                "SCORE_RELAY_BACKOFF_MIN_S", cls.relay_backoff_min_s, min=0.001, max=600
+            ),
+            relay_backoff_max_s=env.float(
+                "SCORE_RELAY_BACKOFF_MAX_S", cls.relay_backoff_max_s, min=0.001, max=3600
+            ),
             relay_stats_interval_s=env.float(
-                "SCORE_RELAY_STATS_INTERVAL_S", 1.0, min=0.01, max=3600
+                "SCORE_RELAY_STATS_INTERVAL_S", cls.relay_stats_interval_s, min=0.01, max=3600
             ),
         )
         if config.pg_pool_min > config.pg_pool_max:

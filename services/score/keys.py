@@ -3,17 +3,17 @@
 The hot tier is per (hunt, player), so both keys carry the hash tag
 `{hunt_id:player_id}`: they live in one slot (the Lua scripts touch both at
 once, also on Redis Cluster) and the writes of one hunt spread over every
-shard. Ids are validated here, with libs.validate's rule, before they reach a
+shard. Ids are checked here (libs.validate.key_id) before they reach a
 key, so no id can break the schema or its hash tags.
 """
 
 from __future__ import annotations
 
-from libs.validate import require_id
+from libs.validate import key_id
 
 
 def _tag(hunt_id: str, player_id: str) -> str:
-    return f"{{{require_id('hunt_id', hunt_id)}:{require_id('player_id', player_id)}}}"
+    return f"{{{key_id('hunt_id', hunt_id)}:{key_id('player_id', player_id)}}}"
 
 
 def player_score(hunt_id: str, player_id: str) -> str:

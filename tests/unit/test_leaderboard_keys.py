@@ -133,3 +133,10 @@ def test_config_defaults_and_limits():
         )
     assert "LEADERBOARD_TOP_CACHE_MS must be <= 250" in str(err.value)
     assert "LEADERBOARD_WATCH_RATE must be a number" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x}y", "x{y", "x:y", "a" * 65])
+def test_keys_refuse_ids_that_could_break_the_schema(bad):
+    for build in (keys.board, keys.players, keys.meta, keys.build_lock, keys.tmp_board):
+        with pytest.raises(ValueError):
+            build(bad)

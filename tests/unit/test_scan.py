@@ -1,5 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from services.scan import keys
 from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
 from services.scan.service import implausible_speed
@@ -94,3 +96,16 @@ def test_a_purged_row_is_matched_on_hunt_tag_and_time():
 
 def test_the_key_is_scoped_to_one_player_in_one_hunt():
     assert scan_at(1.0, 2.0, T0).key == ("p1", "h1", "c1")
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x}y", "x{y", "x:y", "a" * 65])
+def test_keys_refuse_ids_that_could_break_the_schema(bad):
+    for build in (
+        lambda: keys.idempotency(bad, "h1", "c1"),
+        lambda: keys.idempotency("p1", bad, "c1"),
+        lambda: keys.idempotency("p1", "h1", bad),
+        lambda: keys.rate(bad),
+        lambda: keys.last_scan(bad),
+    ):
+        with pytest.raises(ValueError):
+            build()

@@ -11,7 +11,6 @@ from redis.crc import key_slot
 
 from libs.backoff import Backoff
 from libs.config import ConfigError
-from libs.errors import InvalidArgument
 from services.score import keys
 from services.score.cache import decode_checkpoint, encode_checkpoint
 from services.score.config import ScoreConfig
@@ -35,9 +34,9 @@ def test_both_keys_of_a_player_share_one_slot_and_players_spread():
 
 @pytest.mark.parametrize("bad", ["", "a b", "-x", "x}y", "x{y", "x:y", "a" * 65, "é"])
 def test_keys_refuse_ids_that_could_break_the_schema(bad):
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ValueError):
         keys.player_score(bad, "p1")
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ValueError):
         keys.player_checkpoints("h1", bad)
 
 
