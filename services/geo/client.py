@@ -109,23 +109,28 @@ class HuntDirectory:
         self._missing: TtlCache[str, bool] = TtlCache(max_entries, missing_ttl_s)
         self._flight: SingleFlight[str, bool | None] = SingleFlight()
 
-    async def exists(self, hunt_id: str) -> bool | None:
+    async def exists(self, hunt_id: str, timeout_s: float | None = None) -> bool | None:
+        """`timeout_s`: at most this long for geo (default: the directory's)."""
         if self._found.get(hunt_id) is not MISSING:
             return True
         if self._missing.get(hunt_id) is not MISSING:
             return False
-        return await self._flight.do(hunt_id, lambda: self._ask(hunt_id))
+        timeout = self._timeout_s if timeout_s is None else min(timeout_s, self._timeout_s)
+        return await self._flight.do(hunt_id, lambda: self._ask(hunt_id, timeout))
 
-    async def _ask(self, hunt_id: str) -> bool | None:
+    async def _ask(self, hunt_id: str, timeout_s: float) -> bool | None:
         try:
-            await self._stub.GetHunt(
-                geo_pb2.GetHuntRequest(hunt_id=hunt_id), timeout=self._timeout_s
-            )
+            await self._stub.GetHunt(geo_pb2.GetHuntRequest(hunt_id=hunt_id), timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
-            if err.code() is grpc.StatusCode.NOT_FOUND:
+            code = err.code()
+            if code is grpc.StatusCode.NOT_FOUND:
                 self._missing.put(hunt_id, False)
                 return False
-            log.warning("geo could not say whether hunt %s exists: %s", hunt_id, err.code())
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                # Not an outage: this service's peer token is not accepted by geo's GetHunt.
+                log.error("geo refuses GetHunt to this service (%s): check AUTH_PEER_TOKEN", code)
+            else:
+                log.warning("geo could not say whether hunt %s exists: %s", hunt_id, code)
             return None
         self._found.put(hunt_id, True)
         return True

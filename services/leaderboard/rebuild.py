@@ -37,12 +37,12 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
 
 from opentelemetry.trace import Tracer
 
 from libs import errors, validate
 from libs.metrics import Metrics
+from libs.timestamps import now_ms, to_ms
 from services.leaderboard import keys
 from services.leaderboard.cache import BoardStore
 from services.leaderboard.model import RebuildResult, Update
@@ -51,18 +51,10 @@ from services.score.model import PlayerTotal, ScoreApi
 log = logging.getLogger(__name__)
 
 _WRITES_IN_FLIGHT = 4
-_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _to_update(total: PlayerTotal) -> Update:
-    return Update(
-        total.player_id, total.total_points, (total.reached_at - _UNIX) // _MS, total.version
-    )
+    return Update(total.player_id, total.total_points, to_ms(total.reached_at), total.version)
 
 
 class Rebuilder:

@@ -19,6 +19,7 @@ Sits between the servicer (which converts protos) and the Redis store
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -95,9 +96,24 @@ class Leaderboard:
         return found
 
     async def _build_missing(self, hunt_id: str, wait_s: float) -> None:
-        if await self._hunts.exists(hunt_id) is False:
+        """Builds the board of a hunt geo's catalog knows, within `wait_s` in
+        all (the catalog question included). A board is never made for a hunt
+        that geo cannot vouch for: it would outlive the outage (boards have no
+        TTL and are reconciled), so geo not answering is UNAVAILABLE here."""
+        started = time.monotonic()
+        await self._require_hunt(hunt_id, timeout_s=min(0.5, wait_s / 2))
+        await self._rebuilder.settled(hunt_id, max(0.0, wait_s - (time.monotonic() - started)))
+
+    async def _require_hunt(self, hunt_id: str, timeout_s: float | None = None) -> None:
+        exists = await self._hunts.exists(hunt_id, timeout_s=timeout_s)
+        if exists is False:
             raise HuntNotFound(hunt_id)
-        await self._rebuilder.settled(hunt_id, wait_s)
+        if exists is None:
+            raise errors.Unavailable(
+                f"cannot tell whether hunt {hunt_id} exists now (geo's catalog does not answer)",
+                retry_after_s=self._retry_after_s,
+                reason="CATALOG_UNAVAILABLE",
+            )
 
     async def ensure(self, hunt_id: str, wait_s: float) -> None:
         """Returns once the hunt has a board (for WatchTop), building a missing
@@ -134,17 +150,17 @@ class Leaderboard:
                     raise self.missing_error(still[0], rebuild=False)  # one just ended
             applied = stale = 0
             for hunt, counts in results.items():
+                assert counts is not None  # every missing board was rebuilt above, or raised
                 self._rebuilder.remember(hunt)
-                applied += counts.applied  # type: ignore[union-attr]
-                stale += counts.stale  # type: ignore[union-attr]
+                applied += counts.applied
+                stale += counts.stale
             span.set_attribute("update.applied", applied)
             return SubmitCounts(applied, stale)
 
     async def rebuild(self, hunt_id: str) -> RebuildResult:
-        """RebuildBoard: NOT_FOUND for a hunt that does not exist (no board is
-        made for it)."""
-        if await self._hunts.exists(hunt_id) is False:
-            raise HuntNotFound(hunt_id)
+        """RebuildBoard: NOT_FOUND for a hunt that does not exist, UNAVAILABLE
+        while geo cannot say (no board is made for either)."""
+        await self._require_hunt(hunt_id)
         return await self._rebuilder.rebuild(hunt_id)
 
     # -- reads --------------------------------------------------------------

@@ -24,8 +24,8 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from libs import errors
 from libs.metrics import Metrics
+from libs.timestamps import now_ms
 from services.leaderboard.model import Entry, TopSnapshot
-from services.leaderboard.rebuild import now_ms
 from services.leaderboard.service import Leaderboard
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class WatchHub:
             feed.task.add_done_callback(functools.partial(self._loop_ended, feed))
         subscription = Subscription(self, feed, limit)
         feed.subscriptions.add(subscription)
-        if feed.covers(limit):
-            subscription.offer(feed.snapshot)  # type: ignore[arg-type]
+        if feed.snapshot is not None and feed.covers(limit):
+            subscription.offer(feed.snapshot)
         else:
             feed.wake.set()
         return subscription

@@ -34,6 +34,7 @@ PENDING = "pending"
 
 #: Admission (`admit`): stored answer, or a token and the pending mark.
 _ADMIT = Script(Path(__file__).with_name("admit.lua"))
+_FORGET = Script(Path(__file__).with_name("forget_pending.lua"))
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,12 @@ class ScanCache:
     async def finish(
         self, scan: ScanInput, answer: Answer | None, position: Position | None
     ) -> None:
-        """Stores the answer with the request's fingerprint (or forgets the
-        pending marker when there is no final answer yet) and the player's new
-        position, in one round trip."""
+        """Stores the answer with the request's fingerprint and the player's
+        new position, in one round trip."""
         idem = keys.idempotency(*scan.key)
         pipe = self._redis.pipeline(transaction=False)
         if answer is not None:
             pipe.set(idem, encode_answer(answer, scan.fingerprint()), ex=self._answer_ttl_s)
-        else:
-            pipe.delete(idem)
         if position is not None:
             last = keys.last_scan(scan.player_id)
             at_ms = int(position.at.timestamp() * 1000)
@@ -170,6 +168,15 @@ class ScanCache:
         for player_id in old:
             delete.delete(keys.last_scan(player_id))
         return sum(await delete.execute())
+
+    async def forget(self, scan: ScanInput) -> bool:
+        """Drops this request's own pending mark (a copy that gave up before
+        its scan had an answer), leaving any other value (another request's
+        mark, or the answer a driver stored meanwhile) alone."""
+        dropped = await _FORGET.run(
+            self._redis, [keys.idempotency(*scan.key)], [f"{PENDING}:{scan.fingerprint()}"]
+        )
+        return bool(dropped)
 
     async def pending(self, scan: ScanInput) -> bool:
         """Whether a copy of the scan is marked (pending or answered), for a

@@ -1,7 +1,7 @@
 """The scan flow: admit, record, check in, score, apply — once per scan.
 
 `ScanFlow.submit` runs for SubmitScan; `ScanFlow.drive` applies a recorded
-scan and is shared by SubmitScan and the relay, so a scan is decided the same
+scan and is shared by SubmitScan and the re-drive, so a scan is decided the same
 way whoever drives it. Idempotency is by (player_id, hunt_id,
 client_scan_id), and has three layers:
   1. copies in this process share one task (so 100 concurrent copies cost one
@@ -9,10 +9,13 @@ client_scan_id), and has three layers:
   2. the admission script in Redis returns the stored answer of a copy seen
      before, or marks this copy pending (copies on other replicas wait);
   3. Postgres's unique key decides when Redis lost it.
-At each layer a copy whose request differs from the first (another tag, place,
-accuracy or time under the same key) is refused with IDEMPOTENCY_KEY_REUSED,
-naming the first scan, and changes nothing: the first request's fingerprint is
-kept with its Redis answer, and its row in Postgres.
+A copy whose request differs from the first (another tag, place, accuracy or
+time under the same key) is refused with IDEMPOTENCY_KEY_REUSED, naming the
+first scan, and changes no scan: in process it waits for the other request to
+settle and then goes through the layers on its own; Redis keeps the first
+request's fingerprint with its answer (a pending mark carries one too, but the
+scan id to name is only known once the row is read); Postgres compares the row.
+Such a copy may still spend a rate-limit token when Redis had lost the answer.
 Applying is a conditional update from 'received', and score's Unlock is
 idempotent by scan_id, so a scan driven twice is still applied once.
 
@@ -84,14 +87,14 @@ class FlowSettings:
     score_timeout_s: float = 2.0
     #: How long a copy waits for another copy's answer, at most.
     wait_s: float = 5.0
-    #: How long a driver holds a scan before the relay may take it over.
+    #: How long a driver holds a scan before the re-drive may take it over.
     lease_s: float = 15.0
     max_backoff_s: float = 60.0
     #: The most a scan waits on its Redis (a shortcut: on timeout the scan goes
     #: on without it, as when Redis is down), so a Redis that hangs or is
     #: failing over cannot stall scans behind its client's retries.
     redis_timeout_s: float = 0.25
-    #: New SubmitScan scans worked on at once (the relay's re-drives are not
+    #: New SubmitScan scans worked on at once (the re-drive's scans are not
     #: counted: their batch bounds them). A new scan beyond it is shed at once
     #: (UNAVAILABLE, retry hint), before anything is written; copies of a scan
     #: in flight still join it. Past the stack's capacity, taking on more work
@@ -135,13 +138,15 @@ async def decide(
     score: ScoreApi,
     *,
     max_speed_mps: float,
+    budget: Budget,
     score_timeout_s: float,
 ) -> Answer:
     """The scan's outcome, in the order the rules apply: geo's answer
     (`catalog_verdict`), then the speed check against the player's previous
     plausible position (read only when it matters), then score's Unlock
-    (UNLOCKED, or ALREADY_UNLOCKED). A peer's error passes through: the caller
-    leaves the scan 'received' for the re-drive."""
+    (UNLOCKED, or ALREADY_UNLOCKED), given `score_timeout_s` or what `budget`
+    leaves by then. A peer's error passes through: the caller leaves the scan
+    'received' for the re-drive."""
     scan = record.input
     outcome = catalog_verdict(check, scan.scanned_at)
     if outcome is None:
@@ -166,7 +171,7 @@ async def decide(
         points=check.points,
         first_finder_bonus=check.first_finder_bonus,
         at=scan.scanned_at,
-        timeout_s=score_timeout_s,
+        timeout_s=budget.timeout(score_timeout_s),
     )
     return dataclasses.replace(
         answer,
@@ -223,6 +228,13 @@ class ScanFlow:
         ) as span:
             key = scan.key
             running = self._inflight.get(key)
+            while running is not None and not running[0].same_request(scan):
+                # Another request under this key is in flight here: once it is
+                # settled, this one goes through the layers below on its own
+                # (refused if the other was recorded, recorded if it was not),
+                # so neither inherits the other's answer or error.
+                await asyncio.wait({running[1]})
+                running = self._inflight.get(key)
             if running is None:
                 if len(self._inflight) >= self._settings.max_in_flight:
                     self._shed.inc()
@@ -233,12 +245,9 @@ class ScanFlow:
                 task = asyncio.ensure_future(self._admit_and_process(scan, budget))
                 self._inflight[key] = (scan, task)
                 task.add_done_callback(functools.partial(self._settled, key))
-                answer = await asyncio.shield(task)
             else:
-                first, task = running
-                answer = await asyncio.shield(task)
-                if not first.same_request(scan):
-                    raise KeyReused(scan, answer.scan_id)
+                task = running[1]  # a copy of this very request: share its answer
+            answer = await asyncio.shield(task)
             span.set_attribute("scan.id", answer.scan_id)
             span.set_attribute(
                 "scan.outcome", answer.outcome.value if answer.outcome else "pending"
@@ -284,9 +293,11 @@ class ScanFlow:
             return await self._first(scan, admission.last, budget)
         except (errors.Unavailable, KeyReused):
             # This copy gives up (the scan log is unreachable, or holds another
-            # request under this key): drop its pending mark, or the client's
-            # retry would wait for it until the mark expires.
-            await self._finish(scan, None, None)
+            # request under this key): drop its own pending mark, or the
+            # client's retry would wait for it until the mark expires.
+            await self._redis.call(
+                lambda: self._cache.forget(scan), op="dropping its pending mark", default=False
+            )
             raise
 
     async def _first(self, scan: ScanInput, last: Position | None, budget: Budget) -> Answer:
@@ -347,7 +358,7 @@ class ScanFlow:
             lambda: self._cache.pending(scan), op="pending", default=False
         )
 
-    # -- applying (SubmitScan and the relay) -----------------------------------
+    # -- applying (SubmitScan and the re-drive) --------------------------------
 
     async def drive(
         self,
@@ -358,7 +369,7 @@ class ScanFlow:
         check: asyncio.Future[CheckInAnswer] | None = None,
     ) -> Answer:
         """Decides and applies a recorded scan; leaves it 'received' for the
-        relay when geo or score cannot answer now. `check`: its CheckIn, when
+        re-drive when geo or score cannot answer now. `check`: its CheckIn, when
         the caller started it already."""
         scan = record.input
         try:
@@ -391,9 +402,7 @@ class ScanFlow:
         self._remembering.add(task)
         task.add_done_callback(self._remembering.discard)
 
-    async def _finish(
-        self, scan: ScanInput, answer: Answer | None, position: Position | None
-    ) -> None:
+    async def _finish(self, scan: ScanInput, answer: Answer, position: Position | None) -> None:
         await self._redis.call(
             lambda: self._cache.finish(scan, answer, position),
             op="when storing the answer",
@@ -447,7 +456,8 @@ class ScanFlow:
             previous_position,
             self._score,
             max_speed_mps=self._settings.max_speed_mps,
-            score_timeout_s=budget.timeout(self._settings.score_timeout_s),
+            budget=budget,
+            score_timeout_s=self._settings.score_timeout_s,
         )
         return answer, check.hunt_ends_at
 

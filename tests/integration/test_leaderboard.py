@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from libs import rediskit
+from libs.timestamps import now_ms
 from services.leaderboard import keys
-from services.leaderboard.rebuild import now_ms
 from tests.support.leaderboard import (
     FakeScores,
     expected,
@@ -358,5 +358,32 @@ async def test_reads_of_a_hunt_not_in_the_catalog_are_not_found(redis_urls, scor
     client = rediskit.connect(redis_urls["leaderboard"])
     try:
         assert [k async for k in client.scan_iter(match="*ghost*")] == []
+    finally:
+        await client.aclose()
+
+
+async def test_while_geo_cannot_say_no_board_is_made_but_boards_are_served(redis_urls, scores):
+    fake, address = scores
+    fake.put("known", "p1", 5, now_ms(), 1)
+    async with leaderboard(
+        redis_urls["leaderboard"],
+        address,
+        GEO_SERVICE_ADDR="127.0.0.1:1",  # nothing listens
+    ) as board:
+        for call in (
+            board.stub.GetTop(pb.GetTopRequest(hunt_id="maybe"), metadata=board.client),
+            board.stub.RebuildBoard(pb.RebuildBoardRequest(hunt_id="maybe"), metadata=board.admin),
+        ):
+            err = await status_of(call)
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+            assert retry_info(err) is not None and "catalog" in err.details()
+        assert fake.streams == 0  # nothing was built for it
+        # A board made by the score service's submits is served as always.
+        await board.submitter.submit_scores([update("known", "p2", 9, now_ms())])
+        top = await board.stub.GetTop(pb.GetTopRequest(hunt_id="known"), metadata=board.client)
+        assert [e.player_id for e in top.entries] == ["p2", "p1"]
+    client = rediskit.connect(redis_urls["leaderboard"])
+    try:
+        assert [k async for k in client.scan_iter(match="*maybe*")] == []
     finally:
         await client.aclose()

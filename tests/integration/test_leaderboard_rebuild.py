@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from libs import errors, rediskit
+from libs.timestamps import now_ms
 from services.leaderboard import keys
-from services.leaderboard.rebuild import now_ms
 from tests.support.infra import REPO, RUN_DIR, flush
 from tests.support.leaderboard import (
     FakeScores,

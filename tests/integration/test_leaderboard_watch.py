@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from services.leaderboard.rebuild import now_ms
+from libs.timestamps import now_ms
 from tests.support.leaderboard import (
     FakeScores,
     Stubs,

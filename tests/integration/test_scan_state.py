@@ -64,6 +64,18 @@ async def test_a_seen_copy_costs_no_token_and_gets_the_answer(cache):
     assert not other_hunt.seen and other_hunt.retry_after_ms is None  # 2 of 3 tokens used
 
 
+async def test_a_copy_that_gives_up_drops_only_its_own_mark(cache):
+    await cache.admit(scan())  # marks pending:<fingerprint of scan()>
+    assert not await cache.forget(scan(tag="t2"))  # another request's mark stays
+    assert (await cache.admit(scan())).seen
+    assert await cache.forget(scan())
+    assert not (await cache.admit(scan())).seen  # gone: the next copy is the first
+    answer = Answer("s1", Status.APPLIED, Outcome.UNLOCKED, 10, 10, "cp", "Tower", True)
+    await cache.finish(scan(), answer, None)
+    assert not await cache.forget(scan())  # an answer is never dropped
+    assert (await cache.admit(scan())).answer == answer
+
+
 async def test_insert_is_unique_per_player_hunt_and_client_scan_id(store):
     first, previous = await store.insert(new_scan_id(), scan(), timedelta(seconds=10), "")
     assert first.answer.status is Status.RECEIVED and previous is None

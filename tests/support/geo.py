@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -29,18 +30,18 @@ class FakeClock:
         return datetime.fromtimestamp(self.now, UTC)
 
 
-async def create_hunt(geo: Geo, hunt_id: str = "h1", **kwargs: object) -> geo_pb2.Hunt:
+async def create_hunt(geo: Geo, hunt_id: str = "h1", **kwargs: Any) -> geo_pb2.Hunt:
     reply = await geo.admin.CreateHunt(
-        geo_pb2.CreateHuntRequest(hunt=hunt_message(hunt_id, **kwargs))  # type: ignore[arg-type]
+        geo_pb2.CreateHuntRequest(hunt=hunt_message(hunt_id, **kwargs))
     )
     return reply.hunt
 
 
 async def upsert_checkpoint(
-    geo: Geo, checkpoint_id: str = "c1", **kwargs: object
+    geo: Geo, checkpoint_id: str = "c1", **kwargs: Any
 ) -> geo_pb2.Checkpoint:
     reply = await geo.admin.UpsertCheckpoint(
-        geo_pb2.UpsertCheckpointRequest(checkpoint=checkpoint_message(checkpoint_id, **kwargs))  # type: ignore[arg-type]
+        geo_pb2.UpsertCheckpointRequest(checkpoint=checkpoint_message(checkpoint_id, **kwargs))
     )
     return reply.checkpoint
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs import errors
+from libs.deadlines import Budget
 from services.geo.model import CheckInAnswer, HuntStatus, TagStatus
 from services.scan.model import Answer, Outcome, Position, ScanInput, ScanRecord, Status
 from services.scan.service import catalog_verdict, decide
@@ -82,6 +83,7 @@ def run(check: CheckInAnswer, *, previous: Previous | None = None, score: FakeSc
             previous or Previous(),
             score or FakeScore(),
             max_speed_mps=50.0,
+            budget=Budget(),
             score_timeout_s=1.0,
         )
     )
@@ -174,3 +176,20 @@ def test_a_score_that_cannot_answer_passes_its_error_on():
     unavailable = errors.Unavailable("score is down", retry_after_s=0.5)
     with pytest.raises(errors.Unavailable):
         run(PASSES, score=FakeScore(fail=unavailable))
+
+
+def test_scores_deadline_is_what_the_budget_leaves_when_unlocking():
+    score = FakeScore()
+    asyncio.run(
+        decide(
+            record(),
+            PASSES,
+            Previous(),
+            score,
+            max_speed_mps=50.0,
+            budget=Budget.within(0.3),
+            score_timeout_s=2.0,
+        )
+    )
+    (call,) = score.calls
+    assert 0 < call["timeout_s"] <= 0.3  # the budget, not the 2 s default

@@ -31,6 +31,8 @@ class GeoServiceStub:
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
     GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
     ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Every RPC that names a hunt that does not exist answers NOT_FOUND with
+    google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -122,6 +124,8 @@ class GeoServiceServicer:
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
     GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
     ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Every RPC that names a hunt that does not exist answers NOT_FOUND with
+    google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
 
     def CreateHunt(self, request, context):
@@ -329,6 +333,8 @@ class GeoService:
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
     GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
     ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Every RPC that names a hunt that does not exist answers NOT_FOUND with
+    google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
 
     @staticmethod

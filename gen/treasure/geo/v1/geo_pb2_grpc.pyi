@@ -37,6 +37,8 @@ class GeoServiceStub:
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
     GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
     ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Every RPC that names a hunt that does not exist answers NOT_FOUND with
+    google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
 
     @_typing.overload
@@ -94,6 +96,8 @@ class GeoServiceAsyncStub(GeoServiceStub):
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
     GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
     ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Every RPC that names a hunt that does not exist answers NOT_FOUND with
+    google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -147,6 +151,8 @@ class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
     ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
     GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
     ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Every RPC that names a hunt that does not exist answers NOT_FOUND with
+    google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
 
     @_abc_1.abstractmethod

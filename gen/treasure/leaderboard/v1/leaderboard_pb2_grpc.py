@@ -114,7 +114,9 @@ class LeaderboardServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RebuildBoard(self, request, context):
-        """Rebuilds a board from the score service now.
+        """Rebuilds a board from the score service now. NOT_FOUND (HUNT_NOT_FOUND)
+        for a hunt that does not exist; UNAVAILABLE (CATALOG_UNAVAILABLE) while
+        geo's catalog cannot say.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

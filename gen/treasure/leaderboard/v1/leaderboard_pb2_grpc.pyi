@@ -9,7 +9,8 @@ A hunt nobody has scored in yet has an empty board (OK, no entries). Reads
 of a hunt that does not exist answer NOT_FOUND (reason HUNT_NOT_FOUND).
 A board missing from Redis is rebuilt within the call's deadline; only one
 that cannot be built in time answers UNAVAILABLE with a
-google.rpc.RetryInfo detail (reason BOARD_REBUILDING). While an existing
+google.rpc.RetryInfo detail (reason BOARD_REBUILDING), or, while geo's
+catalog cannot say whether the hunt exists, CATALOG_UNAVAILABLE. While an existing
 board is rebuilt the old one is served: a partial board is never served.
 """
 
@@ -63,7 +64,10 @@ class LeaderboardServiceStub:
     again whenever it changes (coalesced).
     """
     RebuildBoard: _grpc.UnaryUnaryMultiCallable[_leaderboard_pb2.RebuildBoardRequest, _leaderboard_pb2.RebuildBoardResponse]
-    """Rebuilds a board from the score service now."""
+    """Rebuilds a board from the score service now. NOT_FOUND (HUNT_NOT_FOUND)
+    for a hunt that does not exist; UNAVAILABLE (CATALOG_UNAVAILABLE) while
+    geo's catalog cannot say.
+    """
 
 @_typing.type_check_only
 class LeaderboardServiceAsyncStub(LeaderboardServiceStub):
@@ -90,7 +94,10 @@ class LeaderboardServiceAsyncStub(LeaderboardServiceStub):
     again whenever it changes (coalesced).
     """
     RebuildBoard: _aio.UnaryUnaryMultiCallable[_leaderboard_pb2.RebuildBoardRequest, _leaderboard_pb2.RebuildBoardResponse]  # type: ignore[assignment]
-    """Rebuilds a board from the score service now."""
+    """Rebuilds a board from the score service now. NOT_FOUND (HUNT_NOT_FOUND)
+    for a hunt that does not exist; UNAVAILABLE (CATALOG_UNAVAILABLE) while
+    geo's catalog cannot say.
+    """
 
 class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
     """LeaderboardService serves rankings from Redis, rebuilt from the score
@@ -150,6 +157,9 @@ class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leaderboard_pb2.RebuildBoardRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leaderboard_pb2.RebuildBoardResponse, _abc.Awaitable[_leaderboard_pb2.RebuildBoardResponse]]:
-        """Rebuilds a board from the score service now."""
+        """Rebuilds a board from the score service now. NOT_FOUND (HUNT_NOT_FOUND)
+        for a hunt that does not exist; UNAVAILABLE (CATALOG_UNAVAILABLE) while
+        geo's catalog cannot say.
+        """
 
 def add_LeaderboardServiceServicer_to_server(servicer: LeaderboardServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
