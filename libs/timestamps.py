@@ -42,6 +42,10 @@ def to_ms(value: datetime) -> int:
     return (value - EPOCH) // _MS
 
 
+def from_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
 def now_ms() -> int:
     """The wall clock in milliseconds since the epoch."""
     return time.time_ns() // 1_000_000

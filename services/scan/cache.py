@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from libs.rediskit import AnyRedis, RedisContract, Script
+from libs.timestamps import from_ms, to_ms
 from services.scan import keys
 from services.scan.model import Answer, Position, ScanInput
 
@@ -59,7 +60,7 @@ def _position(fields: list) -> Position | None:
         lat=float(lat),
         lon=float(lon),
         accuracy_m=float(acc or 0),
-        at=datetime.fromtimestamp(int(at) / 1000, UTC),
+        at=from_ms(int(at)),
     )
 
 
@@ -130,7 +131,7 @@ class ScanCache:
             pipe.set(idem, encode_answer(answer, scan.fingerprint()), ex=self._answer_ttl_s)
         if position is not None:
             last = keys.last_scan(scan.player_id)
-            at_ms = int(position.at.timestamp() * 1000)
+            at_ms = to_ms(position.at)
             pipe.hset(
                 last,
                 mapping={
@@ -158,7 +159,7 @@ class ScanCache:
         for player_id in players:
             read.hget(keys.last_scan(player_id), "at")
         ats = await read.execute()
-        cutoff_ms = int(cutoff.timestamp() * 1000)
+        cutoff_ms = to_ms(cutoff)
         old = [
             p for p, at in zip(players, ats, strict=True) if at is not None and int(at) < cutoff_ms
         ]

@@ -32,11 +32,10 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from redis.exceptions import RedisError
-
 from libs import errors
 from libs.metrics import Metrics
 from libs.pg import POSTGRES_ERRORS
+from libs.rediskit import Failure, RedisGuard
 from services.scan.cache import ScanCache
 from services.scan.store import ScanStore
 
@@ -64,6 +63,9 @@ class LocationPurge:
             "Player locations purged after their retention, by store (postgres rows, redis keys).",
             ("store",),
         )
+        #: No budget of its own (a background pass, not a scan's path); a failed
+        #: Redis call is logged and skipped.
+        self._redis = RedisGuard("scan redis (location purge)", on_failure=_log_failure)
 
     async def run(self) -> None:
         """A pass every `interval_s`; a pass that fails is logged and the next
@@ -92,9 +94,14 @@ class LocationPurge:
 
     async def _forget_positions(self, players: list[str]) -> None:
         cutoff = datetime.now(UTC) - self._retention
-        try:
-            deleted = await self._cache.forget_positions_before(players, cutoff)
-        except (RedisError, OSError) as exc:  # the keys still expire by their TTL
-            log.warning("last positions not purged from redis: %s", exc)
-            return
-        self._purged.labels("redis").inc(deleted)
+        deleted = await self._redis.call(
+            lambda: self._cache.forget_positions_before(players, cutoff),
+            op="purging last positions",
+            default=None,  # the keys still expire by their TTL
+        )
+        if deleted is not None:
+            self._purged.labels("redis").inc(deleted)
+
+
+def _log_failure(failure: Failure) -> None:
+    log.warning("last positions not purged from redis: %s", failure.error)

@@ -55,10 +55,15 @@ class ScoreConfig:
             pg_pool_min=env.int("SCORE_PG_POOL_MIN", cls.pg_pool_min, min=1, max=100),
             pg_pool_max=env.int("SCORE_PG_POOL_MAX", cls.pg_pool_max, min=2, max=200),
             hot_tier_ttl_s=env.float("SCORE_HOT_TIER_TTL_S", cls.hot_tier_ttl_s, min=1, max=86400),
-            hot_tier_timeout_s=env.float("SCORE_HOT_TIER_TIMEOUT_MS", 5.0, min=1, max=10_000)
+            hot_tier_timeout_s=env.float(
+                "SCORE_HOT_TIER_TIMEOUT_MS", cls.hot_tier_timeout_s * 1000, min=1, max=10_000
+            )
             / 1000,
             hot_tier_repair_timeout_s=env.float(
-                "SCORE_HOT_TIER_REPAIR_TIMEOUT_MS", 250.0, min=1, max=60_000
+                "SCORE_HOT_TIER_REPAIR_TIMEOUT_MS",
+                cls.hot_tier_repair_timeout_s * 1000,
+                min=1,
+                max=60_000,
             )
             / 1000,
             hot_tier_breaker_failures=env.int(
@@ -68,8 +73,14 @@ class ScoreConfig:
                 "SCORE_HOT_TIER_BREAKER_S", cls.hot_tier_breaker_s, min=0, max=600
             ),
             relay_batch=env.int("SCORE_RELAY_BATCH", cls.relay_batch, min=1, max=1000),
-            relay_flush_s=env.float("SCORE_RELAY_FLUSH_MS", 100.0, min=1, max=60_000) / 1000,
-            relay_linger_s=env.float("SCORE_RELAY_LINGER_MS", 25.0, min=0, max=60_000) / 1000,
+            relay_flush_s=env.float(
+                "SCORE_RELAY_FLUSH_MS", cls.relay_flush_s * 1000, min=1, max=60_000
+            )
+            / 1000,
+            relay_linger_s=env.float(
+                "SCORE_RELAY_LINGER_MS", cls.relay_linger_s * 1000, min=0, max=60_000
+            )
+            / 1000,
             relay_send_timeout_s=env.float(
                 "SCORE_RELAY_SEND_TIMEOUT_S", cls.relay_send_timeout_s, min=0.01, max=600
             ),

@@ -16,50 +16,19 @@ from libs.deadlines import Budget
 from services.geo.model import CheckInAnswer, HuntStatus, TagStatus
 from services.scan.model import Answer, Outcome, Position, ScanInput, ScanRecord, Status
 from services.scan.service import catalog_verdict, decide
-from services.score.model import UnlockAnswer
+from tests.support.scan_doubles import FakeScore, passing_check_in
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 HERE = (38.7139, -9.1394)
 
 #: A check-in that lets the scan through: a FOUND tag of a playable hunt, in range.
-PASSES = CheckInAnswer(
-    tag_status=TagStatus.FOUND,
-    checkpoint_id="cp1",
-    checkpoint_name="Rossio",
-    points=10,
-    first_finder_bonus=5,
-    hunt_status=HuntStatus.PUBLISHED,
-    hunt_starts_at=T0 - timedelta(hours=1),
-    hunt_ends_at=T0 + timedelta(hours=1),
-    distance_m=3.0,
-    allowed_m=30.0,
-    in_range=True,
-)
+PASSES = passing_check_in(T0)
 UNKNOWN_HUNT = CheckInAnswer(TagStatus.UNKNOWN_HUNT, "", "", 0, 0, None, None, None, 0, 0, False)
 
 
 def record(at: datetime = T0) -> ScanRecord:
     scan = ScanInput("p1", "h1", "t1", *HERE, 5.0, at, "c1")
     return ScanRecord("s1", scan, at, Answer("s1", Status.RECEIVED), attempts=1, applied_at=None)
-
-
-class FakeScore:
-    """score's Protocol: every call is recorded; answers `unlocked` or fails."""
-
-    def __init__(self, unlocked: bool = True, fail: errors.ServiceError | None = None) -> None:
-        self.calls: list[dict] = []
-        self.unlocked = unlocked
-        self.fail = fail
-
-    async def unlock(self, **request) -> UnlockAnswer:
-        self.calls.append(request)
-        if self.fail is not None:
-            raise self.fail
-        points = request["points"] + request["first_finder_bonus"] if self.unlocked else 0
-        return UnlockAnswer(self.unlocked, points, self.unlocked, 40, 3, request["scan_id"])
-
-    def stream_scores(self, hunt_id, page_size=1000, timeout_s=600.0):
-        raise AssertionError("the scan flow never streams scores")
 
 
 class Previous:
