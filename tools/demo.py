@@ -121,16 +121,12 @@ class Festival:
             elif roll < 0.12 and self.ended is not None:  # a stale app: last month's hunt
                 hunt_id, stale = self.ended
                 where, tag = jitter(stale.lat, stale.lon, 6, rng), stale.tag_id
-            client_scan_id = f"c-{uuid.uuid4().hex[:12]}"
-            await self.scan(scan, player_id, tag, where, client_scan_id, hunt_id=hunt_id)
-            if rng.random() < 0.08:  # the app retries the same scan
-                await self.scan(
-                    scan, player_id, tag, where, client_scan_id, label="duplicate", hunt_id=hunt_id
-                )
-            if rng.random() < 0.05:  # the player scans the same tag again
-                await self.scan(
-                    scan, player_id, tag, where, f"c-{uuid.uuid4().hex[:12]}", hunt_id=hunt_id
-                )
+            request = self.request(player_id, hunt_id, tag, where)
+            await self.scan(scan, request)
+            if rng.random() < 0.08:  # the app retries the same scan: the very same request
+                await self.scan(scan, request, label="duplicate")
+            if rng.random() < 0.05:  # the player scans the same tag again: a new scan
+                await self.scan(scan, self.request(player_id, hunt_id, tag, where))
             if roll >= 0.04:
                 position = where
 
@@ -141,27 +137,25 @@ class Festival:
         except TimeoutError:
             return False
 
-    async def scan(
-        self,
-        stub,
-        player_id,
-        tag_id,
-        where,
-        client_scan_id,
-        label: str | None = None,
-        hunt_id: str | None = None,
-    ) -> None:
+    def request(
+        self, player_id: str, hunt_id: str, tag_id: str, where: tuple[float, float]
+    ) -> scan_pb2.SubmitScanRequest:
+        """A new scan, now (simulated time), with its own client_scan_id."""
         scanned_at = Timestamp()
         scanned_at.FromDatetime(self.sim_now())
-        request = scan_pb2.SubmitScanRequest(
+        return scan_pb2.SubmitScanRequest(
             player_id=player_id,
-            hunt_id=hunt_id or self.hunt_id,
+            hunt_id=hunt_id,
             tag_id=tag_id,
             location=common_pb2.GeoPoint(lat=where[0], lon=where[1]),
             accuracy_m=8.0,
             scanned_at=scanned_at,
-            client_scan_id=client_scan_id,
+            client_scan_id=f"c-{uuid.uuid4().hex[:12]}",
         )
+
+    async def scan(
+        self, stub, request: scan_pb2.SubmitScanRequest, label: str | None = None
+    ) -> None:
         started = time.perf_counter()
         try:
             reply = await stub.SubmitScan(request, metadata=self.metadata, timeout=5)
