@@ -147,9 +147,14 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
         asyncio.run(import_hunt(stack))
         addr = stack.addr("scan")
         plan = [("unloaded", {"concurrency": 1}), ("closed", {"concurrency": 8})]
+        plan += [("closed", {"concurrency": 32})]
         plan += [("open", {"rate": r}) for r in args.rates]
+        pids = stack.pids()
         for _label, load in plan:
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             result = loadgen("scan", addr, duration=args.duration, **load)
+            if load.get("concurrency") == 8:
+                result["cpu_ms_per_scan"] = cpu_per_scan(before, pids, result)
             print(describe(result), flush=True)
             runs.append(result)
         runs += run_traced(args, stack)
@@ -215,13 +220,64 @@ def _traced(args: argparse.Namespace, stack: Stack, target: str, sampling: dict[
     return runs
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def cpu_per_scan(before: dict[str, float], pids: dict[str, int], result: dict) -> dict:
+    """CPU ms per scan of each service process over one run (warm-up included
+    in both the CPU and the count), and their total. Postgres, the Redis
+    servers and the load generator are not counted."""
+    scans = result["count"] + result.get("warmup", 0)
+    per = {
+        name: round(1000 * (cpu_seconds(pid) - before[name]) / max(scans, 1), 3)
+        for name, pid in pids.items()
+    }
+    return {**per, "services_total": round(sum(per.values()), 3)}
+
+
+def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
+    """The keyed figures a reader (and the issue tracker) looks for first."""
+
+    def closed(runs: list[dict], n: int, target: str) -> dict:
+        run = next(
+            r
+            for r in runs
+            if r["mode"] == "closed" and r["concurrency"] == n and r["target"] == target
+        )
+        return {"per_s": run["rate_per_s"], "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"]}
+
+    untraced = [r for r in scan_runs if r["target"] == "scan"]
+    return {
+        "echo_8": closed(floor, 8, "echo")["per_s"],
+        "echo_32": closed(floor, 32, "echo")["per_s"],
+        "scan_1": closed(untraced, 1, "scan"),
+        "scan_8": closed(untraced, 8, "scan"),
+        "scan_32": closed(untraced, 32, "scan"),
+        "capacity_per_s": max(r["rate_per_s"] for r in untraced),
+        "cpu_ms_per_scan": next(r["cpu_ms_per_scan"] for r in untraced if r.get("cpu_ms_per_scan")),
+        "traced_all_8": closed(scan_runs, 8, "scan+otlp"),
+        "traced_sampled_8": closed(scan_runs, 8, "scan+otlp 10%"),
+    }
+
+
 def run_echo_floor(args: argparse.Namespace) -> list[dict]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(port)], cwd=REPO)
     try:
         time.sleep(1.0)
         runs = []
-        for load in ({"concurrency": 1}, {"concurrency": 8}, {"rate": max(args.rates)}):
+        for load in (
+            {"concurrency": 1},
+            {"concurrency": 8},
+            {"concurrency": 32},
+            {"rate": max(args.rates)},
+        ):
             result = loadgen("echo", f"127.0.0.1:{port}", duration=args.duration, **load)
             print(describe(result), flush=True)
             runs.append(result)
@@ -330,6 +386,7 @@ def main() -> None:
         "scan": scan_runs,
         "floor": floor,
         "floor_ratio": eight["rate_per_s"] / echo8["rate_per_s"],
+        **figures(scan_runs, floor),
         "services": {} if args.skip_services else service_benches(args.quick),
     }
     plot(scan_runs + floor, RESULTS / "latency.png")
