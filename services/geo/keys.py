@@ -22,39 +22,39 @@ them first): no id can carry a `{`, `}` or `:` into a key.
 
 from __future__ import annotations
 
-from libs.validate import key_id as _checked
+from libs.validate import key_id
 
 
 def tag(tag_id: str) -> str:
     """The cached checkpoint of a tag (or a "no such tag" marker)."""
-    return f"geo:tag:{{{_checked('tag id', tag_id)}}}"
+    return f"geo:tag:{{{key_id('tag id', tag_id)}}}"
 
 
 def hunt(hunt_id: str) -> str:
     """The cached hunt (or a "no such hunt" marker)."""
-    return f"geo:hunt:{{{_checked('hunt id', hunt_id)}}}"
+    return f"geo:hunt:{{{key_id('hunt id', hunt_id)}}}"
 
 
 def checkpoints(hunt_id: str) -> str:
     """The geo set of the active checkpoints of a hunt."""
-    return f"geo:cp:{{{_checked('hunt id', hunt_id)}}}"
+    return f"geo:cp:{{{key_id('hunt id', hunt_id)}}}"
 
 
 def checkpoint_info(hunt_id: str) -> str:
     """The info hash beside `checkpoints(hunt_id)` (same slot)."""
-    return f"geo:cp:{{{_checked('hunt id', hunt_id)}}}:info"
+    return f"geo:cp:{{{key_id('hunt id', hunt_id)}}}:info"
 
 
 def live(hunt_id: str, bucket: int) -> str:
     """The geo set of the players of a hunt seen in one time bucket."""
-    return f"geo:live:{{{_checked('hunt id', hunt_id)}}}:{int(bucket)}"
+    return f"geo:live:{{{key_id('hunt id', hunt_id)}}}:{int(bucket)}"
 
 
 def live_seen(hunt_id: str, bucket: int) -> str:
     """When each player of `live(hunt_id, bucket)` was seen (same slot)."""
-    return f"geo:live:{{{_checked('hunt id', hunt_id)}}}:{int(bucket)}:seen"
+    return f"geo:live:{{{key_id('hunt id', hunt_id)}}}:{int(bucket)}:seen"
 
 
 def location(player_id: str) -> str:
     """The last location of a player."""
-    return f"geo:loc:{{{_checked('player id', player_id)}}}"
+    return f"geo:loc:{{{key_id('player id', player_id)}}}"

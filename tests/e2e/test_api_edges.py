@@ -14,7 +14,7 @@ import pytest
 from tests.support.hunts import ADMIN, LISBON, Spot, create_hunt, offset, spots
 from tests.support.infra import cluster_mode
 from tests.support.polling import eventually
-from tests.support.rpcerrors import bad_fields, error_info
+from tests.support.rpcerrors import bad_fields, error_info, refused
 from tests.support.scans import request, unique
 from tests.support.stack import CLIENT, Stack
 from treasure.common.v1 import common_pb2
@@ -39,12 +39,6 @@ async def hunts(stack: Stack) -> tuple[tuple[str, list[Spot]], tuple[str, list[S
         await create_hunt(stack.geo(), hunt_id, checkpoints)
         made.append((hunt_id, checkpoints))
     return made[0], made[1]
-
-
-async def _refused(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def _rows(db, player: str) -> list[tuple[str, str, str]]:
@@ -111,7 +105,7 @@ async def test_a_key_reused_for_another_scan_is_refused_and_writes_nothing(stack
         ),
     }
     for what, variant in variants.items():
-        err = await _refused(scan.SubmitScan(variant, metadata=CLIENT))
+        err = await refused(scan.SubmitScan(variant, metadata=CLIENT))
         _assert_key_reused(err, first.scan_id)
         assert key in err.details(), what
     # Nothing was recorded or unlocked by the refused copies; the exact repeat
@@ -159,13 +153,13 @@ async def test_exact_repeats_survive_a_redis_flush_and_a_crash(stack: Stack, hun
 
     await stack.flushall("scan")  # the answer and the fingerprint are gone from Redis
     assert await scan.SubmitScan(original, metadata=CLIENT) == first
-    _assert_key_reused(await _refused(scan.SubmitScan(other_tag, metadata=CLIENT)), first.scan_id)
+    _assert_key_reused(await refused(scan.SubmitScan(other_tag, metadata=CLIENT)), first.scan_id)
 
     stack.kill("scan")
     await stack.restart("scan")
     scan = stack.scan()
     assert await scan.SubmitScan(original, metadata=CLIENT) == first
-    _assert_key_reused(await _refused(scan.SubmitScan(other_tag, metadata=CLIENT)), first.scan_id)
+    _assert_key_reused(await refused(scan.SubmitScan(other_tag, metadata=CLIENT)), first.scan_id)
 
 
 async def test_repeats_of_a_scan_applied_by_the_relay(stack: Stack, hunts, db):
@@ -181,7 +175,7 @@ async def test_repeats_of_a_scan_applied_by_the_relay(stack: Stack, hunts, db):
         received = await scan.SubmitScan(original, metadata=CLIENT, timeout=10)
         assert received.status == scan_pb2.SCAN_STATUS_RECEIVED and received.hunt_id == hunt_id
         _assert_key_reused(
-            await _refused(scan.SubmitScan(reused, metadata=CLIENT, timeout=10)),
+            await refused(scan.SubmitScan(reused, metadata=CLIENT, timeout=10)),
             received.scan_id,
         )
     finally:
@@ -198,11 +192,11 @@ async def test_repeats_of_a_scan_applied_by_the_relay(stack: Stack, hunts, db):
         what="the relay to apply the received scan",
     )
     assert final.scan_id == received.scan_id and final.outcome == UNLOCKED
-    _assert_key_reused(await _refused(scan.SubmitScan(reused, metadata=CLIENT)), received.scan_id)
+    _assert_key_reused(await refused(scan.SubmitScan(reused, metadata=CLIENT)), received.scan_id)
     assert len(await _rows(db, player)) == 1
 
 
-async def test_a_late_retry_gets_its_answer_but_a_new_scan_that_old_is_refused(
+async def test_a_late_retry_gets_its_answer_but_a_new_scan_that_old_isrefused(
     stack: Stack, hunts, db
 ):
     (hunt_id, cps), _ = hunts
@@ -215,9 +209,9 @@ async def test_a_late_retry_gets_its_answer_but_a_new_scan_that_old_is_refused(
     await asyncio.sleep(2.0)  # scanned_at is now past the max scan age
     assert await scan.SubmitScan(original, metadata=CLIENT) == first
     moved = request(player, hunt_id, cps[1], at=at, client_scan_id=original.client_scan_id)
-    _assert_key_reused(await _refused(scan.SubmitScan(moved, metadata=CLIENT)), first.scan_id)
+    _assert_key_reused(await refused(scan.SubmitScan(moved, metadata=CLIENT)), first.scan_id)
     new = request(player, hunt_id, cps[1], at=at)
-    err = await _refused(scan.SubmitScan(new, metadata=CLIENT))
+    err = await refused(scan.SubmitScan(new, metadata=CLIENT))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and bad_fields(err) == ["scanned_at"]
     assert len(await _rows(db, player)) == 1
 
@@ -243,13 +237,13 @@ async def test_a_scan_for_a_hunt_that_does_not_exist(stack: Stack, hunts, db):
     assert stray.outcome == scan_pb2.SCAN_OUTCOME_UNKNOWN_TAG
     # It counts nowhere: no unlock, no score, no board.
     assert await db.fetchval("SELECT count(*) FROM score.unlocks WHERE player_id = $1", player) == 0
-    err = await _refused(
+    err = await refused(
         stack.score().GetScore(
             score_pb2.GetScoreRequest(hunt_id=ghost, player_id=player), metadata=CLIENT
         )
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
-    err = await _refused(
+    err = await refused(
         stack.leaderboard().GetTop(lb.GetTopRequest(hunt_id=ghost), metadata=CLIENT)
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
@@ -268,7 +262,7 @@ async def test_a_new_hunt_has_an_empty_board_at_once(stack: Stack):
         board.GetRank(lb.GetRankRequest(hunt_id=hunt_id, player_id="nobody"), metadata=CLIENT),
         board.GetAround(lb.GetAroundRequest(hunt_id=hunt_id, player_id="nobody"), metadata=CLIENT),
     ):
-        err = await _refused(call)
+        err = await refused(call)
         assert err.code() == grpc.StatusCode.NOT_FOUND
         assert error_info(err).reason == "PLAYER_NOT_ON_BOARD"
     watch = board.WatchTop(lb.WatchTopRequest(hunt_id=hunt_id, limit=5), metadata=CLIENT)
@@ -304,14 +298,14 @@ async def test_every_read_of_a_hunt_that_does_not_exist_is_not_found(stack: Stac
         ),
     }
     for name, call in calls.items():
-        err = await _refused(call)
+        err = await refused(call)
         assert err.code() == grpc.StatusCode.NOT_FOUND, name
         assert error_info(err).reason == "HUNT_NOT_FOUND", name
     watch = board.WatchTop(lb.WatchTopRequest(hunt_id=ghost), metadata=CLIENT)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await asyncio.wait_for(watch.read(), 5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    err = await _refused(board.RebuildBoard(lb.RebuildBoardRequest(hunt_id=ghost), metadata=ADMIN))
+    err = await refused(board.RebuildBoard(lb.RebuildBoardRequest(hunt_id=ghost), metadata=ADMIN))
     assert err.code() == grpc.StatusCode.NOT_FOUND and error_info(err).reason == "HUNT_NOT_FOUND"
     # No board was made for it, on any master.
     leftovers = []
@@ -365,7 +359,7 @@ async def test_a_checkpoint_off_the_hunts_grid_is_invalid(stack: Stack):
         radius_m=30,
         points=10,
     )
-    err = await _refused(
+    err = await refused(
         geo.UpsertCheckpoint(geo_pb2.UpsertCheckpointRequest(checkpoint=porto), metadata=ADMIN)
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -381,7 +375,7 @@ async def test_a_checkpoint_off_the_hunts_grid_is_invalid(stack: Stack):
         origin=common_pb2.GeoPoint(lat=41.1, lon=-8.7), tile_size_m=250, columns=10, rows=10
     )
     moved = geo_pb2.Hunt(hunt_id=hunt_id, grid=far_grid)
-    err = await _refused(
+    err = await refused(
         geo.UpdateHunt(
             geo_pb2.UpdateHuntRequest(hunt=moved, update_mask={"paths": ["grid"]}), metadata=ADMIN
         )

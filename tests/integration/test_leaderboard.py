@@ -15,15 +15,14 @@ from tests.support.leaderboard import (
     FakeScores,
     expected,
     leaderboard,
-    retry_info,
     rows,
     serve_scores,
-    status_of,
     timestamp_ms,
     update,
     whole_board,
 )
 from tests.support.polling import eventually
+from tests.support.rpcerrors import refused, retry_info
 from tools.doubles import FakeCatalog
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
@@ -168,11 +167,11 @@ async def test_get_around_at_the_top_the_bottom_and_the_middle(lb):
     assert await around("p49", 2) == [(48, "p47"), (49, "p48"), (50, "p49")]
     assert await around("p20", 1) == [(20, "p19"), (21, "p20"), (22, "p21")]
     assert len(await around("p20", 0)) == 11  # 0 means 5 on each side
-    err = await status_of(
+    err = await refused(
         lb.stub.GetAround(pb.GetAroundRequest(hunt_id=HUNT, player_id="nobody"), metadata=lb.client)
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
-    err = await status_of(
+    err = await refused(
         lb.stub.GetRank(pb.GetRankRequest(hunt_id=HUNT, player_id="nobody"), metadata=lb.client)
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
@@ -223,7 +222,7 @@ async def test_bad_requests_and_roles(lb):
     t = now_ms()
 
     async def code(call) -> grpc.StatusCode:
-        return (await status_of(call)).code()
+        return (await refused(call)).code()
 
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     stub = lb.stub
@@ -269,7 +268,7 @@ async def test_bad_requests_and_roles(lb):
         ),
     ):
         request = pb.SubmitScoresRequest(updates=[good, broken])
-        err = await status_of(stub.SubmitScores(request, metadata=lb.service))
+        err = await refused(stub.SubmitScores(request, metadata=lb.service))
         assert err.code() == invalid and "updates[1]" in err.details()
     denied = grpc.StatusCode.PERMISSION_DENIED
     request = pb.SubmitScoresRequest(updates=[good])
@@ -301,7 +300,7 @@ async def test_a_board_that_cannot_be_built_in_time_is_unavailable_with_a_retry_
     fake.put("slow", "p1", 3, now_ms(), 1)
     before = fake.streams
     fake.page_delay_s = 2.5  # longer than the read may wait
-    err = await status_of(
+    err = await refused(
         lb.stub.GetRank(
             pb.GetRankRequest(hunt_id="slow", player_id="p1"), metadata=lb.client, timeout=1.5
         )
@@ -328,7 +327,7 @@ async def test_a_board_that_cannot_be_built_in_time_is_unavailable_with_a_retry_
     assert fake.streams == before + 1  # one rebuild, shared by every read that waited
 
     fake.down = True  # a board that cannot be built at all
-    err = await status_of(
+    err = await refused(
         lb.stub.GetTop(pb.GetTopRequest(hunt_id="broken"), metadata=lb.client, timeout=5)
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err) is not None
@@ -348,7 +347,7 @@ async def test_reads_of_a_hunt_not_in_the_catalog_are_not_found(redis_urls, scor
                     pb.GetAroundRequest(hunt_id="ghost", player_id="p1"), metadata=board.client
                 ),
             ):
-                err = await status_of(call)
+                err = await refused(call)
                 assert err.code() == grpc.StatusCode.NOT_FOUND
                 assert "ghost" in err.details()
         assert catalog.asked == 1  # the answer is cached
@@ -374,7 +373,7 @@ async def test_while_geo_cannot_say_no_board_is_made_but_boards_are_served(redis
             board.stub.GetTop(pb.GetTopRequest(hunt_id="maybe"), metadata=board.client),
             board.stub.RebuildBoard(pb.RebuildBoardRequest(hunt_id="maybe"), metadata=board.admin),
         ):
-            err = await status_of(call)
+            err = await refused(call)
             assert err.code() == grpc.StatusCode.UNAVAILABLE
             assert retry_info(err) is not None and "catalog" in err.details()
         assert fake.streams == 0  # nothing was built for it

@@ -22,14 +22,13 @@ from tests.support.leaderboard import (
     Stubs,
     expected,
     leaderboard,
-    retry_info,
     rows,
     serve_scores,
-    status_of,
     update,
     whole_board,
 )
 from tests.support.polling import eventually
+from tests.support.rpcerrors import refused, retry_info
 from tools.localinfra import RedisCluster, RedisServer, free_port
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
@@ -113,7 +112,7 @@ async def test_a_missing_board_is_never_served_partially_nor_written(lb, scores,
         lb.stub.RebuildBoard(pb.RebuildBoardRequest(hunt_id=HUNT), metadata=lb.admin)
     )
     await fake.paused.wait()  # one page is in the temporary board
-    err = await status_of(
+    err = await refused(
         lb.stub.GetTop(pb.GetTopRequest(hunt_id=HUNT), metadata=lb.client, timeout=0.5)
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE and retry_info(err) is not None
@@ -185,7 +184,7 @@ async def test_a_failed_rebuild_leaves_nothing_behind(lb, scores, redis_urls):
     fake, _ = scores
     fill(fake, HUNT, 1000)
     fake.fail_after_pages = 2
-    err = await status_of(
+    err = await refused(
         lb.stub.RebuildBoard(pb.RebuildBoardRequest(hunt_id=HUNT), metadata=lb.admin)
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "score" in err.details()
@@ -193,7 +192,7 @@ async def test_a_failed_rebuild_leaves_nothing_behind(lb, scores, redis_urls):
     assert not await served(lb, HUNT)  # still missing: no partial board
     fake.fail_after_pages = None
     fake.down = True
-    err = await status_of(
+    err = await refused(
         lb.stub.RebuildBoard(pb.RebuildBoardRequest(hunt_id=HUNT), metadata=lb.admin)
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE

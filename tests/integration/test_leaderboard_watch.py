@@ -16,10 +16,10 @@ from tests.support.leaderboard import (
     Stubs,
     leaderboard,
     serve_scores,
-    status_of,
     update,
 )
 from tests.support.polling import eventually
+from tests.support.rpcerrors import refused
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
 HUNT = "hw"
@@ -165,7 +165,7 @@ async def test_watching_a_missing_board_builds_it_first(lb, scores):
         call.cancel()
     # A board that cannot be built (score is down) is UNAVAILABLE with a retry hint.
     fake.down = True
-    err = await status_of(
+    err = await refused(
         lb.stub.WatchTop(pb.WatchTopRequest(hunt_id="unbuildable"), metadata=lb.client).read()
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE

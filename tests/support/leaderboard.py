@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
 
 from libs.auth import bearer_interceptors
 from libs.server import Runtime
@@ -190,20 +188,3 @@ def rows(entries) -> list[tuple[int, str, int, int]]:
 def expected(board: dict[str, tuple[int, int]]) -> list[tuple[int, str, int, int]]:
     ordered = sorted(board.items(), key=lambda kv: (-kv[1][0], kv[1][1], kv[0]))
     return [(i + 1, p, t, ms) for i, (p, (t, ms)) in enumerate(ordered)]
-
-
-async def status_of(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value
-
-
-def retry_info(err: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
-    raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin")
-    if raw is None:
-        return None
-    info = error_details_pb2.RetryInfo()
-    for detail in status_pb2.Status.FromString(raw).details:
-        if detail.Unpack(info):
-            return info
-    return None
