@@ -1,12 +1,18 @@
 """The load generator of `make bench`, run in its own process.
 
     python -m bench.loadgen --target scan|echo --addr HOST:PORT
-        (--rate R | --concurrency C) --duration S [--hunt-file F]
+        (--rate R | --concurrency C) --duration S [--connections N] [--hunt-file F]
 
 Open loop (`--rate`): requests are sent on a fixed schedule whatever the
 answers do, and each latency is measured from its scheduled start, so a slow
 server cannot hide latency by slowing the sender (no coordinated omission).
 Closed loop (`--concurrency`): C requests in flight at all times.
+`--connections N`: the calls take N client connections in turn (each its own
+channel and TCP connection, as N mobile backend pods would), not one.
+
+Each answer is counted as accepted (any answer), shed (UNAVAILABLE or
+RESOURCE_EXHAUSTED: the server refused it) or failed (any other error, such
+as DEADLINE_EXCEEDED), with the latencies of the first two apart.
 
 Scans are all valid and distinct: each comes from a new player at a
 checkpoint of the demo hunt, so every one is recorded, checked in and
@@ -30,37 +36,45 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.auth import bearer_metadata
 from tools.huntctl import load_hunt_file
-from tools.stats import Recorder
+from tools.stats import Recorder, percentile
 from treasure.common.v1 import common_pb2
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
 
+#: Codes of a server that refused a call (shed it) rather than failed it.
+SHED = {"error:UNAVAILABLE", "error:RESOURCE_EXHAUSTED"}
+
+
 class ScanTarget:
-    def __init__(self, channel: grpc.aio.Channel, hunt_file: str, token: str) -> None:
+    def __init__(self, channels: list[grpc.aio.Channel], hunt_file: str, token: str) -> None:
         hunt, checkpoints, _ = load_hunt_file(Path(hunt_file))
         self.hunt_id = hunt.hunt_id
         self.checkpoints = checkpoints
-        self.stub = scan_pb2_grpc.ScanServiceStub(channel)
+        self.stubs = [scan_pb2_grpc.ScanServiceStub(c) for c in channels]
         self.metadata = bearer_metadata(token)
         self.run = uuid.uuid4().hex[:8]
         self.n = 0
 
+    def player(self, n: int) -> str:
+        return f"b{self.run}-{n}"
+
     async def call(self) -> str:
         self.n += 1
-        cp = self.checkpoints[self.n % len(self.checkpoints)]
+        n = self.n
+        cp = self.checkpoints[n % len(self.checkpoints)]
         at = Timestamp()
         at.FromDatetime(datetime.now(UTC))
-        reply = await self.stub.SubmitScan(
+        reply = await self.stubs[n % len(self.stubs)].SubmitScan(
             scan_pb2.SubmitScanRequest(
-                player_id=f"b{self.run}-{self.n}",
+                player_id=self.player(n),
                 hunt_id=self.hunt_id,
                 tag_id=cp.tag_id,
                 location=common_pb2.GeoPoint(lat=cp.location.lat, lon=cp.location.lon),
                 accuracy_m=5.0,
                 scanned_at=at,
-                client_scan_id=f"c{self.n}",
+                client_scan_id=f"c{n}",
             ),
             metadata=self.metadata,
             timeout=10,
@@ -71,24 +85,58 @@ class ScanTarget:
 
 
 class EchoTarget:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.echo = channel.unary_unary(ECHO_METHOD)
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self.echoes = [c.unary_unary(ECHO_METHOD) for c in channels]
         self.payload = b"x" * 160  # about the size of a SubmitScanRequest
+        self.n = 0
+
+    def player(self, n: int) -> str:
+        return ""
 
     async def call(self) -> str:
-        await self.echo(self.payload, timeout=10)
+        self.n += 1
+        await self.echoes[self.n % len(self.echoes)](self.payload, timeout=10)
         return "ok"
 
 
-async def _one(target, recorder: Recorder, started: float) -> None:
+class Split:
+    """The latencies of accepted and shed calls apart, and the shed players."""
+
+    def __init__(self) -> None:
+        self.accepted: list[float] = []
+        self.shed: list[float] = []
+        self.shed_players: list[str] = []
+
+    def summary(self, elapsed_s: float) -> dict:
+        accepted, shed = sorted(self.accepted), sorted(self.shed)
+        return {
+            "accepted": len(accepted),
+            "goodput_per_s": len(accepted) / elapsed_s,
+            "accepted_p50_ms": percentile(accepted, 50) * 1000,
+            "accepted_p99_ms": percentile(accepted, 99) * 1000,
+            "shed": len(shed),
+            "shed_p99_ms": percentile(shed, 99) * 1000,
+        }
+
+
+async def _one(target, recorder: Recorder, started: float, split: Split | None = None) -> None:
+    n = target.n + 1  # the call's number, as target.call() takes it
     try:
         outcome = await target.call()
     except grpc.aio.AioRpcError as err:
         outcome = f"error:{err.code().name}"
-    recorder.record(time.perf_counter() - started, outcome)
+    took = time.perf_counter() - started
+    recorder.record(took, outcome)
+    if split is None:
+        return
+    if not outcome.startswith("error:"):
+        split.accepted.append(took)
+    elif outcome in SHED:
+        split.shed.append(took)
+        split.shed_players.append(target.player(n))
 
 
-async def open_loop(target, rate: float, duration: float) -> tuple[Recorder, float]:
+async def open_loop(target, rate: float, duration: float, split: Split) -> tuple[Recorder, float]:
     recorder = Recorder()
     interval = 1.0 / rate
     begin = time.perf_counter()
@@ -99,7 +147,7 @@ async def open_loop(target, rate: float, duration: float) -> tuple[Recorder, flo
         # The loop's timers are coarse (1 ms) and may fire early: never send early.
         while (delay := scheduled - time.perf_counter()) > 0:  # noqa: ASYNC110 - a clock, not an event
             await asyncio.sleep(delay)
-        task = asyncio.ensure_future(_one(target, recorder, scheduled))
+        task = asyncio.ensure_future(_one(target, recorder, scheduled, split))
         pending.add(task)
         task.add_done_callback(pending.discard)
     if pending:
@@ -109,41 +157,59 @@ async def open_loop(target, rate: float, duration: float) -> tuple[Recorder, flo
     return recorder, time.perf_counter() - begin
 
 
-async def closed_loop(target, concurrency: int, duration: float) -> tuple[Recorder, float]:
+async def closed_loop(
+    target, concurrency: int, duration: float, split: Split
+) -> tuple[Recorder, float]:
     recorder = Recorder()
     begin = time.perf_counter()
     end = begin + duration
 
     async def worker() -> None:
         while time.perf_counter() < end:
-            await _one(target, recorder, time.perf_counter())
+            await _one(target, recorder, time.perf_counter(), split)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return recorder, time.perf_counter() - begin
 
 
+def channels(addr: str, n: int) -> list[grpc.aio.Channel]:
+    """n channels, each on its own TCP connection: gRPC shares a connection
+    between channels to the same target unless each keeps its own pool."""
+    return [
+        grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(n)
+    ]
+
+
 async def main_async(args: argparse.Namespace) -> dict:
-    async with grpc.aio.insecure_channel(args.addr) as channel:
+    opened = channels(args.addr, args.connections)
+    try:
         target = (
-            ScanTarget(channel, args.hunt_file, args.token)
+            ScanTarget(opened, args.hunt_file, args.token)
             if args.target == "scan"
-            else EchoTarget(channel)
+            else EchoTarget(opened)
         )
-        # warm-up: connections, caches, prepared statements
-        for _ in range(args.warmup):
+        # warm-up: every connection, caches, prepared statements
+        for _ in range(max(args.warmup, args.connections)):
             await _one(target, Recorder(), time.perf_counter())
+        split = Split()
         if args.rate:
-            recorder, elapsed = await open_loop(target, args.rate, args.duration)
+            recorder, elapsed = await open_loop(target, args.rate, args.duration, split)
             mode = {"mode": "open", "offered_rate": args.rate}
         else:
-            recorder, elapsed = await closed_loop(target, args.concurrency, args.duration)
+            recorder, elapsed = await closed_loop(target, args.concurrency, args.duration, split)
             mode = {"mode": "closed", "concurrency": args.concurrency}
-    summary = recorder.summary(elapsed)
+    finally:
+        for channel in opened:
+            await channel.close()
+    summary = {**recorder.summary(elapsed), **split.summary(elapsed)}
     errors = sum(v for k, v in summary["outcomes"].items() if k.startswith("error:"))
     # Achieved: answers without an error, per second (an overloaded run's
     # errors are not throughput). Latencies cover every call, errors too.
     summary["rate_per_s"] = (summary["count"] - errors) / elapsed
-    return {"target": args.target, **mode, "duration_s": round(elapsed, 3), "warmup": args.warmup, "errors": errors, **summary,
+    return {"target": args.target, **mode, "connections": args.connections, "duration_s": round(elapsed, 3),
+            "warmup": max(args.warmup, args.connections), "errors": errors, **summary,
+            "shed_players": split.shed_players if args.target == "scan" else [],
             "latencies_ms": [round(v * 1000, 3) for v in recorder.latencies] if args.keep_latencies else None}  # fmt: skip
 
 
@@ -157,6 +223,7 @@ def main() -> None:
     group.add_argument("--rate", type=float, help="open loop: requests per second")
     group.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=1, help="client connections")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--hunt-file", default="demo/lisbon.yaml")
     parser.add_argument("--token", default="local-client-token")

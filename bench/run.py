@@ -3,7 +3,10 @@
 Starts its own stack (four services as processes, four Redis servers, a
 throwaway Postgres database), imports the demo hunt, and drives SubmitScan
 from a load generator in its own process (bench/loadgen.py): unloaded (one
-in flight), at fixed concurrency, and at fixed offered rates (open loop).
+in flight), at fixed concurrency, then open loop at 0.5, 1, 2 and 4 times
+the best rate it reached (overload: goodput, the latency of what was
+accepted, and how fast the rest was refused; no refused scan may be
+recorded), and at half of it over 1 and over 100 client connections.
 Then it restarts the services exporting their spans (OTLP) to a sink in its
 own process, as to Jaeger, and measures again: every span, then one trace in
 ten. In the same run it measures the floor: a bare grpc.aio echo server and
@@ -35,10 +38,10 @@ SERVICES = ("geo", "score", "leaderboard", "scan")
 
 
 def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: int | None = None,
-            duration: float, warmup: int = 50) -> dict:  # fmt: skip
+            duration: float, warmup: int = 50, connections: int = 1) -> dict:  # fmt: skip
     command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--addr", addr,
                "--duration", str(duration), "--warmup", str(warmup), "--hunt-file", str(HUNT_FILE),
-               "--keep-latencies"]  # fmt: skip
+               "--connections", str(connections), "--keep-latencies"]  # fmt: skip
     command += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=duration + 120)
     if done.returncode != 0:
@@ -52,10 +55,12 @@ def describe(result: dict) -> str:
         if result["mode"] == "open"
         else f"{result['concurrency']} in flight"
     )
+    if result.get("connections", 1) > 1:
+        load += f" x{result['connections']} conns"
     return (
         f"{result['target']:<5} {load:<16} achieved {result['rate_per_s']:7.1f}/s  p50 {result['p50_ms']:6.2f}  "
         f"p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:6.2f}  p99.9 {result['p999_ms']:7.2f} ms  "
-        f"errors {result['errors']}"
+        f"errors {result['errors']} (shed {result['shed']}, shed p99 {result['shed_p99_ms']:.2f} ms)"
     )
 
 
@@ -95,26 +100,20 @@ def plot(runs: list[dict], path: Path) -> None:
     axes[0].set_ylabel("fraction of requests")
     axes[0].set_title("Latency CDF")
     axes[0].legend(fontsize=7)
-    opened = [r for r in runs if r["mode"] == "open" and r["target"] == "scan"]
-    axes[1].plot(
-        [r["offered_rate"] for r in opened], [r["p50_ms"] for r in opened], "o-", label="p50"
-    )
-    axes[1].plot(
-        [r["offered_rate"] for r in opened], [r["p99_ms"] for r in opened], "o-", label="p99"
-    )
+    overload = [r for r in runs if "offered_x" in r]
+    offered = [r["offered_rate"] for r in overload]
+    axes[1].plot(offered, [r["accepted_p50_ms"] for r in overload], "o-", label="accepted p50")
+    axes[1].plot(offered, [r["accepted_p99_ms"] for r in overload], "o-", label="accepted p99")
+    axes[1].plot(offered, [r["shed_p99_ms"] for r in overload], "x:", label="shed p99")
     axes[1].set_yscale("log")
     rate_axis = axes[1].twinx()
-    rate_axis.plot(
-        [r["offered_rate"] for r in opened],
-        [r["rate_per_s"] for r in opened],
-        "s--",
-        color="green",
-        label="achieved /s",
-    )
-    rate_axis.set_ylabel("achieved /s")
-    axes[1].set_xlabel("offered SubmitScan rate (/s)")
+    rate_axis.plot(offered, [r["goodput_per_s"] for r in overload], "s--", color="green",
+                   label="goodput /s")  # fmt: skip
+    rate_axis.plot(offered, offered, ":", color="grey", label="offered /s")
+    rate_axis.set_ylabel("answered /s")
+    axes[1].set_xlabel("offered SubmitScan rate (/s): 0.5, 1, 2, 4 x capacity")
     axes[1].set_ylabel("latency ms (log)")
-    axes[1].set_title("SubmitScan, open loop")
+    axes[1].set_title("SubmitScan past capacity, open loop")
     axes[1].legend(fontsize=7, loc="upper left")
     rate_axis.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -146,22 +145,101 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
         asyncio.run(stack.start())
         asyncio.run(import_hunt(stack))
         addr = stack.addr("scan")
-        plan = [("unloaded", {"concurrency": 1}), ("closed", {"concurrency": 8})]
-        plan += [("closed", {"concurrency": 32})]
-        plan += [("open", {"rate": r}) for r in args.rates]
-        pids = stack.pids()
-        for _label, load in plan:
+        postmaster = asyncio.run(postgres_pid(dsn))
+        pids = {**stack.pids(), **redis_pids(stack)}
+
+        def measure(**load) -> dict:
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            before["postgres"] = postgres_cpu_seconds(postmaster)
             result = loadgen("scan", addr, duration=args.duration, **load)
             if load.get("concurrency") == 8:
-                result["cpu_ms_per_scan"] = cpu_per_scan(before, pids, result)
+                result["cpu_ms_per_scan"] = cpu_per_scan(before, pids, postmaster, result)
             print(describe(result), flush=True)
+            asyncio.run(settle(dsn, result))
             runs.append(result)
+            return result
+
+        for concurrency in (1, 8, 32, 64):
+            measure(concurrency=concurrency)
+        # Open loop at multiples of the best closed-loop rate: below, at and past capacity.
+        capacity = max(r["rate_per_s"] for r in runs)
+        for multiple in OVERLOAD:
+            measure(rate=round(multiple * capacity))["offered_x"] = multiple
+        for connections in CONNECTIONS:
+            measure(rate=round(0.5 * capacity), connections=connections)["connections_run"] = True
         runs += run_traced(args, stack)
     finally:
         asyncio.run(stack.stop())
         asyncio.run(drop_database(admin_dsn, name))
     return runs
+
+
+#: Offered load of the open-loop runs, as multiples of the measured capacity.
+OVERLOAD = (0.5, 1.0, 2.0, 4.0)
+#: Client connections of the connection runs (open loop at 0.5x capacity).
+CONNECTIONS = (1, 100)
+
+
+def redis_pids(stack: Stack) -> dict[str, int]:
+    """Each service's Redis server (standalone: one process each)."""
+    return {f"redis_{name}": node.pid for name in SERVICES for node in stack.redis_nodes(name)[:1]}
+
+
+async def postgres_pid(dsn: str) -> int:
+    """The postmaster of the database at `dsn`: the parent of a backend."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        return _parent(await connection.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await connection.close()
+
+
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no parent of {pid}")
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU of the Postgres server: the postmaster and every process it forked
+    (backends, WAL writer, checkpointer) that is alive now."""
+    total = cpu_seconds(postmaster)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if _parent(int(entry.name)) == postmaster:
+                total += cpu_seconds(int(entry.name))
+        except (OSError, RuntimeError):
+            continue  # gone meanwhile
+    return total
+
+
+async def settle(dsn: str, result: dict, timeout_s: float = 60.0) -> None:
+    """Waits until no scan is left 'received' (an overloaded run leaves a
+    backlog the re-drive applies), and checks that no shed scan was recorded."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        shed = result.pop("shed_players", [])
+        result["shed_recorded"] = await connection.fetchval(
+            "SELECT count(*) FROM scan.scans WHERE player_id = ANY($1::text[])", shed
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            left = await connection.fetchval(
+                "SELECT count(*) FROM scan.scans WHERE status = 'received'"
+            )
+            if left == 0:
+                break
+            await asyncio.sleep(0.5)
+        result["left_received"] = left
+    finally:
+        await connection.close()
 
 
 #: The traced runs: every span, and one in ten traces (OTEL_TRACES_SAMPLER).
@@ -229,16 +307,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def cpu_per_scan(before: dict[str, float], pids: dict[str, int], result: dict) -> dict:
-    """CPU ms per scan of each service process over one run (warm-up included
-    in both the CPU and the count), and their total. Postgres, the Redis
-    servers and the load generator are not counted."""
-    scans = result["count"] + result.get("warmup", 0)
-    per = {
-        name: round(1000 * (cpu_seconds(pid) - before[name]) / max(scans, 1), 3)
-        for name, pid in pids.items()
-    }
-    return {**per, "services_total": round(sum(per.values()), 3)}
+def cpu_per_scan(
+    before: dict[str, float], pids: dict[str, int], postmaster: int, result: dict
+) -> dict:
+    """CPU ms per scan over one run (warm-up included in both the CPU and the
+    count) of each service process, each service's Redis and Postgres; the
+    services' total and the whole stack's. The load generator is not counted.
+    (Postgres counts the backends alive at the end; a backend that exited
+    during the run takes its CPU with it.)"""
+    scans = max(result["count"] + result.get("warmup", 0), 1)
+    now = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    now["postgres"] = postgres_cpu_seconds(postmaster)
+    per = {name: round(1000 * (now[name] - before[name]) / scans, 3) for name in now}
+    services = sum(per[name] for name in SERVICES)
+    return {**per, "services_total": round(services, 3), "total": round(sum(per.values()), 3)}
 
 
 def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
@@ -254,19 +336,64 @@ def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
 
     untraced = [r for r in scan_runs if r["target"] == "scan"]
     return {
+        "echo_1": closed(floor, 1, "echo"),
         "echo_8": closed(floor, 8, "echo")["per_s"],
         "echo_32": closed(floor, 32, "echo")["per_s"],
         "scan_1": closed(untraced, 1, "scan"),
         "scan_8": closed(untraced, 8, "scan"),
         "scan_32": closed(untraced, 32, "scan"),
+        "scan_64": closed(untraced, 64, "scan"),
         "capacity_per_s": max(r["rate_per_s"] for r in untraced),
+        "overload": [
+            {
+                "offered_x": r["offered_x"],
+                "offered_per_s": r["offered_rate"],
+                "goodput_per_s": r["goodput_per_s"],
+                "accepted_p50_ms": r["accepted_p50_ms"],
+                "accepted_p99_ms": r["accepted_p99_ms"],
+                "shed": r["shed"],
+                "shed_p99_ms": r["shed_p99_ms"],
+                "failed": r["errors"] - r["shed"],
+                "shed_recorded": r["shed_recorded"],
+            }
+            for r in untraced
+            if "offered_x" in r
+        ],
+        "connections": {
+            str(r["connections"]): {
+                "offered_per_s": r["offered_rate"],
+                "per_s": r["rate_per_s"],
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+            }
+            for r in untraced
+            if r.get("connections_run")
+        },
         "cpu_ms_per_scan": next(r["cpu_ms_per_scan"] for r in untraced if r.get("cpu_ms_per_scan")),
         "traced_all_8": closed(scan_runs, 8, "scan+otlp"),
         "traced_sampled_8": closed(scan_runs, 8, "scan+otlp 10%"),
     }
 
 
-def run_echo_floor(args: argparse.Namespace) -> list[dict]:
+def ratios(f: dict) -> dict:
+    """The figures as the ratios #17's targets are written in (one run)."""
+    by_x = {o["offered_x"]: o for o in f["overload"]}
+    half = by_x[0.5]["accepted_p99_ms"]
+    out = {
+        "scan_8_over_echo_8": f["scan_8"]["per_s"] / f["echo_8"],
+        "scan_32_over_echo_32": f["scan_32"]["per_s"] / f["echo_32"],
+        "scan_1_p50_over_echo_1_p50": f["scan_1"]["p50_ms"] / f["echo_1"]["p50_ms"],
+        "connections_100_p99_over_1_p99": f["connections"]["100"]["p99_ms"]
+        / f["connections"]["1"]["p99_ms"],
+        "traced_all_over_untraced_8": f["traced_all_8"]["per_s"] / f["scan_8"]["per_s"],
+    }
+    for x in (2.0, 4.0):
+        out[f"goodput_{x:g}x_over_capacity"] = by_x[x]["goodput_per_s"] / f["capacity_per_s"]
+        out[f"accepted_p99_{x:g}x_over_0.5x"] = by_x[x]["accepted_p99_ms"] / half
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def run_echo_floor(args: argparse.Namespace, rate: float) -> list[dict]:
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(port)], cwd=REPO)
     try:
@@ -276,7 +403,7 @@ def run_echo_floor(args: argparse.Namespace) -> list[dict]:
             {"concurrency": 1},
             {"concurrency": 8},
             {"concurrency": 32},
-            {"rate": max(args.rates)},
+            {"rate": rate},
         ):
             result = loadgen("echo", f"127.0.0.1:{port}", duration=args.duration, **load)
             print(describe(result), flush=True)
@@ -348,6 +475,20 @@ def write_summary(report: dict) -> None:
             )
     lines += [
         "",
+        "Past capacity (open loop, multiples of the best rate reached):",
+        "",
+        "| offered | goodput /s | accepted p50 ms | accepted p99 ms | shed | shed p99 ms | failed | shed recorded |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in report["overload"]:
+        lines.append(
+            f"| {o['offered_x']:g}x ({o['offered_per_s']:g}/s) | {o['goodput_per_s']:.1f} | "
+            f"{o['accepted_p50_ms']:.2f} | {o['accepted_p99_ms']:.2f} | {o['shed']} | "
+            f"{o['shed_p99_ms']:.2f} | {o['failed']} | {o['shed_recorded']} |"
+        )
+    lines += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in report["ratios"].items())]
+    lines += [
+        "",
         "![latency](latency.png)",
     ]
     for name, figures in report.get("services", {}).items():
@@ -360,7 +501,6 @@ def main() -> None:
         prog="python -m bench.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load step")
-    parser.add_argument("--rates", type=float, nargs="+", default=[200, 400, 620, 800])
     parser.add_argument("--quick", action="store_true", help="short steps and small data sets")
     parser.add_argument(
         "--skip-services", action="store_true", help="only the SubmitScan and floor runs"
@@ -374,7 +514,8 @@ def main() -> None:
         print("== SubmitScan through the whole stack ==", flush=True)
         scan_runs = run_scan_bench(args, admin_dsn)
         print("\n== floor: bare grpc.aio echo ==", flush=True)
-        floor = run_echo_floor(args)
+        top = max(r["offered_rate"] for r in scan_runs if r["mode"] == "open")
+        floor = run_echo_floor(args, top)
     finally:
         if private is not None:
             private.stop()
@@ -389,12 +530,14 @@ def main() -> None:
         **figures(scan_runs, floor),
         "services": {} if args.skip_services else service_benches(args.quick),
     }
+    report["ratios"] = ratios(report)
     plot(scan_runs + floor, RESULTS / "latency.png")
     for run in scan_runs + floor:
         run.pop("latencies_ms", None)
     (RESULTS / "scan.json").write_text(json.dumps(report, indent=2))
     write_summary(report)
     print(f"\nfloor ratio (SubmitScan / echo at 8 in flight): {report['floor_ratio']:.3f}")
+    print("ratios:", json.dumps(report["ratios"], indent=1))
     print(f"results: {RESULTS}/scan.json, summary.md, latency.png")
 
 

@@ -25,6 +25,10 @@ class Budget:
         """What the incoming call's deadline leaves."""
         return cls.within(context.time_remaining())
 
+    def left(self) -> float | None:
+        """Seconds until the deadline (negative once past), or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
     def timeout(self, default_s: float, margin_s: float = 0.01) -> float:
         """A timeout for a downstream step: `default_s`, shortened to what is
         left (minus a margin), never below 1 ms."""

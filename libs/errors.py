@@ -86,3 +86,10 @@ class Unavailable(ServiceError):
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline leaves too little time to do the work: it is
+    refused before any of it is done."""
+
+    reason = "DEADLINE_TOO_SHORT"

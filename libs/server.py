@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -43,7 +43,7 @@ from libs.channels import PeerChannel, open_channel
 from libs.config import ConfigError, ServiceSettings
 from libs.logs import setup_logging
 from libs.metrics import Metrics
-from libs.rpc import ServiceHandlers
+from libs.rpc import Gate, ServiceHandlers
 from libs.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,14 @@ class StartupError(Exception):
 @dataclass(frozen=True)
 class Binding:
     """A servicer and how to serve it: its descriptor, the generated `add_*`
-    function, and the roles each of its methods accepts (by short name)."""
+    function, the roles each of its methods accepts and the methods' gates
+    (`libs.rpc.Gate`: refusing a call before it does any work), by short name."""
 
     descriptor: ServiceDescriptor
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
     roles: Mapping[str, frozenset[Role]]
+    gates: Mapping[str, Gate] = field(default_factory=dict)
 
     def full_roles(self) -> dict[str, frozenset[Role]]:
         methods = {m.name for m in self.descriptor.methods}
@@ -73,6 +75,14 @@ class Binding:
                 f"(missing {sorted(missing)}, unknown {sorted(extra)})"
             )
         return {f"/{self.descriptor.full_name}/{name}": roles for name, roles in self.roles.items()}
+
+    def full_gates(self) -> dict[str, Gate]:
+        unknown = set(self.gates) - {m.name for m in self.descriptor.methods}
+        if unknown:
+            raise StartupError(
+                f"{self.descriptor.full_name}: gates of unknown methods {sorted(unknown)}"
+            )
+        return {f"/{self.descriptor.full_name}/{name}": gate for name, gate in self.gates.items()}
 
 
 class Runtime:
@@ -187,6 +197,7 @@ class Runtime:
             self.metrics,
             binding.descriptor.full_name,
             self.telemetry.tracer,
+            binding.full_gates(),
         )
         server = grpc.aio.server(
             options=[

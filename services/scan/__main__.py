@@ -49,7 +49,7 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
                 score_timeout_s=config.score_timeout_s,
                 lease_s=config.lease_s,
                 redis_timeout_s=config.redis_timeout_s,
-                max_in_flight=config.max_in_flight,
+                admission=config.admission(),
             ),
         )
         relay = Redrive(

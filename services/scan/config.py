@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from libs.admission import LimitSettings
 from libs.config import Env, ServiceSettings
 
 
@@ -31,8 +32,12 @@ class ScanConfig:
     lease_s: float
     #: The most a scan waits on its Redis before going on without it.
     redis_timeout_s: float
-    #: New SubmitScan scans this process works on at once; more are shed (UNAVAILABLE).
+    #: New SubmitScan scans this process works on at once, at most; the
+    #: admission limit adapts between `min_in_flight` and this (libs.admission).
     max_in_flight: int
+    min_in_flight: int
+    #: Latency taken as "not queueing", as a multiple of the fastest scans lately.
+    admission_tolerance: float
     #: A scan's location is purged this long after its hunt ends (services.scan.purge).
     location_retention_s: int
     #: How often the location purge looks for rows that are due.
@@ -62,6 +67,8 @@ class ScanConfig:
             lease_s=env.float("SCAN_LEASE_S", 15.0, min=0.1, max=3600),
             redis_timeout_s=env.float("SCAN_REDIS_TIMEOUT_S", 0.25, min=0.001, max=10),
             max_in_flight=env.int("SCAN_MAX_IN_FLIGHT", 64, min=1, max=100_000),
+            min_in_flight=env.int("SCAN_MIN_IN_FLIGHT", 4, min=1, max=100_000),
+            admission_tolerance=env.float("SCAN_ADMISSION_TOLERANCE", 3.0, min=1.0, max=100.0),
             location_retention_s=env.int(
                 "SCAN_LOCATION_RETENTION_S", 7 * 86400, min=1, max=10 * 365 * 86400
             ),
@@ -69,3 +76,14 @@ class ScanConfig:
         )
         env.finish()
         return config
+
+    def admission(self) -> LimitSettings:
+        """The admission limit's settings: between SCAN_MIN_IN_FLIGHT (capped at
+        the maximum) and SCAN_MAX_IN_FLIGHT, starting at 16 within them."""
+        low = min(self.min_in_flight, self.max_in_flight)
+        return LimitSettings(
+            min_limit=low,
+            max_limit=self.max_in_flight,
+            initial=max(low, min(16, self.max_in_flight)),
+            tolerance=self.admission_tolerance,
+        )

@@ -117,6 +117,13 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             answer = await self._flow.submit(scan, Budget.of(context))
         return scan_pb2.SubmitScanResponse(hunt_id=scan.hunt_id, **_answer_fields(answer))
 
+    def refusal(self, request: scan_pb2.SubmitScanRequest, time_left: float | None):
+        """SubmitScan's gate (libs.rpc.Gate): refused at once, before the
+        request is even validated, when the flow cannot take a new scan."""
+        return self._flow.refusal(
+            (request.player_id, request.hunt_id, request.client_scan_id), time_left
+        )
+
     async def GetScan(self, request: scan_pb2.GetScanRequest, context: grpc.aio.ServicerContext):
         record = await self._flow.get(validate.require_id("scan_id", request.scan_id))
         return scan_pb2.GetScanResponse(scan=_scan(record))
@@ -142,4 +149,5 @@ def binding(servicer: ScanServicer) -> Binding:
         add_to_server=scan_pb2_grpc.add_ScanServiceServicer_to_server,
         servicer=servicer,
         roles=ROLES,
+        gates={"SubmitScan": servicer.refusal},
     )

@@ -31,6 +31,8 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +40,7 @@ from datetime import datetime, timedelta
 from opentelemetry import propagate, trace
 
 from libs import backoff, errors
+from libs.admission import AdaptiveLimit, LimitSettings
 from libs.deadlines import Budget
 from libs.geometry import distance_m
 from libs.metrics import Metrics
@@ -80,6 +83,17 @@ class KeyReused(errors.FailedPrecondition):
         )
 
 
+_TOO_LATE = errors.DeadlineExceeded(
+    "the call's deadline is shorter than a scan takes now; call with a longer deadline"
+)
+_OVERLOADED = tuple(
+    Overloaded(
+        "the scan service is at capacity; retry shortly", retry_after_s=round(0.125 + 0.05 * i, 3)
+    )
+    for i in range(6)
+)
+
+
 @dataclass(frozen=True)
 class FlowSettings:
     max_speed_mps: float = 50.0
@@ -94,14 +108,14 @@ class FlowSettings:
     #: on without it, as when Redis is down), so a Redis that hangs or is
     #: failing over cannot stall scans behind its client's retries.
     redis_timeout_s: float = 0.25
-    #: New SubmitScan scans worked on at once (the re-drive's scans are not
+    #: How many new SubmitScan scans are worked on at once: a limit that
+    #: follows their latency (libs.admission; the re-drive's scans are not
     #: counted: their batch bounds them). A new scan beyond it is shed at once
     #: (UNAVAILABLE, retry hint), before anything is written; copies of a scan
     #: in flight still join it. Past the stack's capacity, taking on more work
     #: only queues it behind the rest, each holding a Postgres connection or a
-    #: peer call. (Calls may still wait in gRPC before they get here when the
-    #: process is saturated: README, "Benchmarks".)
-    max_in_flight: int = 64
+    #: peer call, and makes every scan late.
+    admission: LimitSettings = LimitSettings()
 
 
 def implausible_speed(previous: Position, scan: Position, max_speed_mps: float) -> bool:
@@ -211,9 +225,21 @@ class ScanFlow:
         self._redis = RedisGuard(
             "scan redis", timeout_s=settings.redis_timeout_s, on_failure=self._redis_failed
         )
+        self._limit = AdaptiveLimit(settings.admission)
         self._shed = metrics.counter(
-            "scans_shed_total", "New scans refused because max_in_flight scans were in flight."
+            "scans_shed_total",
+            "New scans refused before any work: the admission limit was reached (limit), "
+            "or the caller's deadline left less than the fastest scan takes (deadline).",
+            ("reason",),
         )
+        metrics.gauge_fn(
+            "scan_admission_limit", "New scans taken on at once, at most (adaptive).",
+            lambda: self._limit.limit,
+        )  # fmt: skip
+        metrics.gauge_fn(
+            "scan_admission_in_flight", "New scans being worked on.",
+            lambda: self._limit.in_flight,
+        )  # fmt: skip
 
     # -- SubmitScan ------------------------------------------------------------
 
@@ -236,13 +262,9 @@ class ScanFlow:
                 await asyncio.wait({running[1]})
                 running = self._inflight.get(key)
             if running is None:
-                if len(self._inflight) >= self._settings.max_in_flight:
-                    self._shed.inc()
-                    raise Overloaded(
-                        "the scan service is at capacity; retry shortly", retry_after_s=0.25
-                    )
+                self._admit(key, budget)
                 # Shielded: a caller that hangs up does not stop a scan half way.
-                task = asyncio.ensure_future(self._admit_and_process(scan, budget))
+                task = asyncio.ensure_future(self._admitted(scan, budget))
                 self._inflight[key] = (scan, task)
                 task.add_done_callback(functools.partial(self._settled, key))
             else:
@@ -254,6 +276,46 @@ class ScanFlow:
             )
             self._outcomes.labels(answer.outcome.value if answer.outcome else "pending").inc()
             return answer
+
+    def refusal(
+        self, key: tuple[str, str, str], time_left: float | None
+    ) -> errors.ServiceError | None:
+        """Why a SubmitScan under `key` is refused before any work, or None:
+        a copy of a scan in flight always joins it; a new scan is refused
+        when the caller's deadline (`time_left`, seconds) is shorter than the
+        fastest scan lately (it would be answered too late), or when the
+        admission limit is reached. The refusals are a few shared objects
+        (the transport encodes each once)."""
+        if key in self._inflight:
+            return None
+        if time_left is not None and time_left < self._limit.baseline_s:
+            self._shed.labels("deadline").inc()
+            return _TOO_LATE
+        if self._limit.in_flight >= self._limit.limit:
+            self._shed.labels("limit").inc()
+            return random.choice(_OVERLOADED)  # jittered hints: refused callers spread out
+        return None
+
+    def _admit(self, key: tuple[str, str, str], budget: Budget) -> None:
+        """Takes a place for a new scan, or raises its refusal."""
+        refused = self.refusal(key, budget.left())
+        if refused is not None:
+            raise refused.with_traceback(None)  # shared: drop the last raise's frames
+        self._limit.try_acquire()
+
+    async def _admitted(self, scan: ScanInput, budget: Budget) -> Answer:
+        """A new scan that holds a place under the admission limit; gives the
+        place back with its latency when it went the whole way (an answer
+        from Redis, or a refusal, says nothing of the load)."""
+        started = time.monotonic()
+        latency: float | None = None
+        try:
+            answer, whole_way = await self._admit_and_process(scan, budget)
+            if whole_way:
+                latency = time.monotonic() - started
+            return answer
+        finally:
+            self._limit.release(latency)
 
     def _redis_failed(self, failure: Failure) -> None:
         self._redis_errors.inc()
@@ -267,13 +329,15 @@ class ScanFlow:
         if not task.cancelled():
             task.exception()
 
-    async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> Answer:
+    async def _admit_and_process(self, scan: ScanInput, budget: Budget) -> tuple[Answer, bool]:
+        """The answer, and whether this copy recorded and drove the scan
+        itself (rather than finding a stored answer or another copy)."""
         admission = await self._redis.call(
             lambda: self._cache.admit(scan), op="at admission", default=None
         )
         if admission is None:
             # Fail open: without Redis there is no rate limit; Postgres keeps scans idempotent.
-            return await self._first(scan, None, budget)
+            return await self._first(scan, None, budget), True
         if admission.retry_after_ms is not None:
             raise RateLimited(
                 f"player {scan.player_id} is scanning too often",
@@ -285,12 +349,12 @@ class ScanFlow:
                 if admission.fingerprint != scan.fingerprint():
                     raise KeyReused(scan, answer.scan_id)
                 if answer.status is Status.APPLIED:
-                    return answer
+                    return answer, False
             # Pending, not applied yet, or stored without a fingerprint:
             # Postgres has the first request and its answer.
-            return await self._await_existing(scan, budget)
+            return await self._await_existing(scan, budget), False
         try:
-            return await self._first(scan, admission.last, budget)
+            return await self._first(scan, admission.last, budget), True
         except (errors.Unavailable, KeyReused):
             # This copy gives up (the scan log is unreachable, or holds another
             # request under this key): drop its own pending mark, or the

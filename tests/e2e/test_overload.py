@@ -1,8 +1,8 @@
-"""Load shedding: past SCAN_MAX_IN_FLIGHT distinct scans at once, a new scan
-is refused at once with UNAVAILABLE and a retry hint, and nothing of it is
-written; copies of a scan in flight still join it, and the refused scan goes
-through once the load is gone. The stack is held busy by stopping geo
-(SIGSTOP): each scan then waits for its CheckIn."""
+"""Load shedding: past the admission limit (here held at 3: SCAN_MAX_IN_FLIGHT
+caps it), a new scan is refused at once with UNAVAILABLE and a retry hint,
+and nothing of it is written; copies of a scan in flight still join it, and
+the refused scan goes through once the load is gone. The stack is held busy
+by stopping geo (SIGSTOP): each scan then waits for its CheckIn."""
 
 from __future__ import annotations
 
@@ -90,4 +90,4 @@ async def test_past_max_in_flight_a_new_scan_is_shed_and_a_copy_still_joins(
     retried = await scan.SubmitScan(late, metadata=CLIENT)
     assert retried.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
     metrics = await asyncio.to_thread(scrape_metrics, stack.metrics_ports["scan"])
-    assert metrics["scans_shed_total"] >= 1
+    assert metrics['scans_shed_total{reason="limit"}'] >= 1

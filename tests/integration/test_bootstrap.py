@@ -14,11 +14,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.config import Env, ServiceSettings
+from libs.errors import Unavailable
 from libs.logs import JsonFormatter
 from libs.server import Binding, Runtime
 from services.geo.server import ROLES
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.fakes import FakeGeo
+from tests.support.rpcerrors import error_info, retry_info
 from tests.support.services import wait_serving
 from tools.inprocess import service_env
 from tools.stack import spawn
@@ -189,3 +191,55 @@ async def test_sigterm_on_a_real_process_exits_0(tmp_path, pg_dsn, redis_urls):
             process.kill()
     assert code == 0, (tmp_path / "geo.log").read_text()
     assert '"msg": "shutting down"' in (tmp_path / "geo.log").read_text()
+
+
+async def test_a_gate_refuses_before_the_servicer_with_its_status_and_retry_hint():
+    """A method's gate (libs.rpc.Gate) refuses on a real server: the status,
+    reason and retry hint of its error, the servicer never called, the same
+    answer for every refusal; a caller the token does not admit is told so
+    whatever the gate says; a call the gate lets through is served."""
+    servicer = FakeGeo()
+    refused = Unavailable("busy", retry_after_s=0.25, reason="TEST_OVERLOADED")
+    seen: list[float | None] = []
+    closed = [True]
+
+    def gate(request, time_left):
+        seen.append(time_left)
+        return refused if closed[0] else None
+
+    runtime = Runtime("geo", settings())
+    port = await runtime.serve(
+        Binding(
+            geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
+            geo_pb2_grpc.add_GeoServiceServicer_to_server,
+            servicer,
+            ROLES,
+            gates={"CheckIn": gate},
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = geo_pb2_grpc.GeoServiceStub(channel)
+            request = geo_pb2.CheckInRequest()
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.CheckIn(request, metadata=bearer(SERVICE_TOKEN), timeout=5)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert err.value.details() == "busy"
+                assert error_info(err.value).reason == "TEST_OVERLOADED"
+                hint = retry_info(err.value)
+                assert hint is not None and hint.retry_delay.ToTimedelta().total_seconds() == 0.25
+            assert servicer.check_ins == 0
+            assert len(seen) == 3 and all(
+                left is not None and 0 < left <= 5.1 for left in seen
+            )  # rounded on the wire
+            assert await _code(stub.CheckIn(request)) == grpc.StatusCode.UNAUTHENTICATED
+            assert len(seen) == 3  # not asked for a caller the token does not admit
+            closed[0] = False
+            assert await _code(stub.CheckIn(request, metadata=bearer(SERVICE_TOKEN))) == (
+                grpc.StatusCode.OK
+            )
+            assert servicer.check_ins == 1
+    finally:
+        servicer.release.set()
+        await runtime.close()

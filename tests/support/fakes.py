@@ -16,8 +16,10 @@ class FakeGeo(geo_pb2_grpc.GeoServiceServicer):
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.entered = asyncio.Event()
+        self.check_ins = 0
 
     async def CheckIn(self, request, context):
+        self.check_ins += 1
         return geo_pb2.CheckInResponse(distance_m=1.0)
 
     async def GetHunt(self, request, context):  # a slow call, for shutdown

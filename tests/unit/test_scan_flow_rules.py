@@ -17,11 +17,12 @@ from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from libs import errors
+from libs.admission import LimitSettings
 from libs.deadlines import Budget
 from libs.metrics import Metrics
 from services.scan.cache import Admission, decode, encode_answer
 from services.scan.model import Answer, Position, ScanInput, ScanRecord, Status
-from services.scan.service import FlowSettings, KeyReused, RateLimited, ScanFlow
+from services.scan.service import FlowSettings, KeyReused, Overloaded, RateLimited, ScanFlow
 from tests.support.scan_doubles import FakeScore, passing_check_in
 
 NOW = datetime.now(UTC)
@@ -129,7 +130,7 @@ class MemoryRedis:
 
 
 class Flow:
-    def __init__(self, geo: FakeGeo | None = None) -> None:
+    def __init__(self, geo: FakeGeo | None = None, admission: LimitSettings | None = None) -> None:
         self.log, self.redis = MemoryLog(), MemoryRedis()
         self.geo, self.score = geo or FakeGeo(), FakeScore()
         self.flow = ScanFlow(
@@ -139,7 +140,7 @@ class Flow:
             self.score,
             trace.get_tracer("test"),
             Metrics("scan"),
-            FlowSettings(wait_s=1.0),
+            FlowSettings(wait_s=1.0, admission=admission or LimitSettings()),
         )
 
     async def submit(self, request: ScanInput) -> Answer:
@@ -262,3 +263,43 @@ def test_an_old_retry_is_answered_and_an_old_new_scan_refused():
             await f.flow.replay(scan("c2"), too_old)
 
     run(test)
+
+
+def test_past_the_admission_limit_a_new_scan_is_refused_with_a_hint_and_a_copy_joins():
+    async def test():
+        f = Flow(HeldGeo(), LimitSettings(min_limit=1, initial=1, max_limit=1))
+        first = asyncio.ensure_future(f.submit(scan("c1")))
+        await asyncio.sleep(0.01)  # recorded, waiting on geo
+        with pytest.raises(Overloaded) as refused:
+            await f.flow.submit(scan("c2"), Budget.within(5.0))
+        assert 0 < refused.value.retry_after_s <= 1
+        copy = asyncio.ensure_future(f.flow.submit(scan("c1"), Budget.within(5.0)))
+        f.geo.release.set()
+        assert (await copy) == (await first)
+        assert [r.input.client_scan_id for r in f.log.rows.values()] == ["c1"]
+        assert (await f.submit(scan("c2"))).status is Status.APPLIED  # the place is free again
+
+    run(test)
+
+
+def test_a_deadline_shorter_than_the_fastest_scan_is_refused_before_any_work():
+    async def test():
+        f = Flow()
+        await f.submit(scan("c1"))  # the fastest scan so far: the baseline
+        with pytest.raises(errors.DeadlineExceeded):
+            await f.flow.submit(scan("c2"), Budget.within(0.0))
+        assert len(f.log.rows) == 1 and f.geo.calls == 1
+
+    run(test)
+
+
+class HeldGeo(FakeGeo):
+    """Geo that answers once `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def check_in(self, **request):
+        await self.release.wait()
+        return await super().check_in(**request)
