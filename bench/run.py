@@ -310,12 +310,13 @@ def cpu_seconds(pid: int) -> float:
 def cpu_per_scan(
     before: dict[str, float], pids: dict[str, int], postmaster: int, result: dict
 ) -> dict:
-    """CPU ms per scan over one run (warm-up included in both the CPU and the
-    count) of each service process, each service's Redis and Postgres; the
+    """CPU ms per scan answered over one run (warm-up included in both the
+    CPU and the count; the CPU of refused calls is charged to the scans) of
+    each service process, each service's Redis and Postgres; the
     services' total and the whole stack's. The load generator is not counted.
     (Postgres counts the backends alive at the end; a backend that exited
     during the run takes its CPU with it.)"""
-    scans = max(result["count"] + result.get("warmup", 0), 1)
+    scans = max(result["accepted"] + result.get("warmup", 0), 1)  # refused calls are not scans
     now = {name: cpu_seconds(pid) for name, pid in pids.items()}
     now["postgres"] = postgres_cpu_seconds(postmaster)
     per = {name: round(1000 * (now[name] - before[name]) / scans, 3) for name in now}

@@ -39,7 +39,7 @@ class LimitSettings:
     #: Where it starts.
     initial: int = 16
     #: The latency taken as "not queueing", as a multiple of the baseline.
-    tolerance: float = 4.0
+    tolerance: float = 5.0
     #: How far each window moves the limit up towards its new value.
     smoothing: float = 0.2
     window_s: float = 0.1

@@ -38,6 +38,9 @@ class ScanConfig:
     min_in_flight: int
     #: Latency taken as "not queueing", as a multiple of the fastest scans lately.
     admission_tolerance: float
+    #: New scans (and answers) sent together in one statement at most (natural
+    #: batching; 1: one statement each).
+    pg_batch: int
     #: A scan's location is purged this long after its hunt ends (services.scan.purge).
     location_retention_s: int
     #: How often the location purge looks for rows that are due.
@@ -68,7 +71,8 @@ class ScanConfig:
             redis_timeout_s=env.float("SCAN_REDIS_TIMEOUT_S", 0.25, min=0.001, max=10),
             max_in_flight=env.int("SCAN_MAX_IN_FLIGHT", 64, min=1, max=100_000),
             min_in_flight=env.int("SCAN_MIN_IN_FLIGHT", 4, min=1, max=100_000),
-            admission_tolerance=env.float("SCAN_ADMISSION_TOLERANCE", 3.0, min=1.0, max=100.0),
+            admission_tolerance=env.float("SCAN_ADMISSION_TOLERANCE", 5.0, min=1.0, max=100.0),
+            pg_batch=env.int("SCAN_PG_BATCH", 32, min=1, max=1000),
             location_retention_s=env.int(
                 "SCAN_LOCATION_RETENTION_S", 7 * 86400, min=1, max=10 * 365 * 86400
             ),

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from libs.batching import Batcher
 from libs.pg import unavailable_when_down
 from services.scan.model import PLAUSIBLE, Answer, Outcome, Position, ScanInput, ScanRecord, Status
 
@@ -82,6 +83,58 @@ def _position(
     return Position(lat=lat, lon=lon, accuracy_m=accuracy_m, at=at)
 
 
+#: The new scans of one batch, one element per scan in each array; the
+#: player's last plausible applied scan read for each player of the batch in
+#: the same statement (the snapshot before the batch's own rows).
+_INSERT_MANY = f"""WITH v AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::float8[], $7::float8[], $8::float8[], $9::timestamptz[],
+                             $10::text[], $11::float8[])
+            AS v(scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon, accuracy_m,
+                 scanned_at, traceparent, lease_s)),
+    previous AS (
+        SELECT players.player_id, p.*
+        FROM (SELECT DISTINCT player_id FROM v) AS players
+        CROSS JOIN LATERAL (
+            SELECT lat AS p_lat, lon AS p_lon, accuracy_m AS p_acc, scanned_at AS p_at
+            FROM scan.scans
+            WHERE player_id = players.player_id AND status = 'applied'
+                  AND outcome = ANY($12::text[])
+            ORDER BY scan_id DESC LIMIT 1) AS p),
+    inserted AS (
+        INSERT INTO scan.scans (scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon,
+            accuracy_m, scanned_at, next_attempt_at, traceparent, attempts)
+        SELECT scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon, accuracy_m,
+               scanned_at, now() + make_interval(secs => lease_s), traceparent, 1
+        FROM v ORDER BY scan_id
+        ON CONFLICT (player_id, hunt_id, client_scan_id) DO NOTHING
+        RETURNING {_COLUMNS})
+    SELECT inserted.*, previous.p_lat, previous.p_lon, previous.p_acc, previous.p_at
+    FROM inserted LEFT JOIN previous ON previous.player_id = inserted.player_id"""
+
+#: The answers of one batch, applied where the row is still 'received'.
+_APPLY_MANY = f"""WITH v AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[],
+                             $6::text[], $7::bool[], $8::timestamptz[])
+            AS v(scan_id, outcome, points_awarded, total_points, checkpoint_id,
+                 checkpoint_name, first_finder, hunt_ends_at))
+    UPDATE scan.scans AS s SET status = 'applied', outcome = v.outcome,
+        points_awarded = v.points_awarded, total_points = v.total_points,
+        checkpoint_id = v.checkpoint_id, checkpoint_name = v.checkpoint_name,
+        first_finder = v.first_finder, applied_at = now(), last_error = '',
+        hunt_ends_at = v.hunt_ends_at
+    FROM v WHERE s.scan_id = v.scan_id AND s.status = 'received'
+    RETURNING {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}"""
+
+
+@dataclass(frozen=True)
+class _NewScan:
+    scan_id: str
+    scan: ScanInput
+    lease: timedelta
+    traceparent: str
+
+
 @dataclass(frozen=True)
 class Backlog:
     received: int
@@ -89,10 +142,27 @@ class Backlog:
 
 
 class ScanStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    """`batch_size` > 1: new scans and answers that arrive while a statement
+    is in flight go together in the next one (libs.batching; at most
+    `batch_size` each, two statements in flight), one round trip and one
+    commit for all of them."""
 
-    @unavailable_when_down("record the scan")
+    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 1) -> None:
+        self._pool = pool
+        self._inserts: Batcher[_NewScan, tuple[ScanRecord, Position | None] | None] | None = None
+        self._applies: Batcher[tuple[Answer, datetime | None], ScanRecord] | None = None
+        if batch_size > 1:
+            self._inserts = Batcher(self._insert_many, max_size=batch_size, concurrency=2)
+            self._applies = Batcher(self._apply_many, max_size=batch_size, concurrency=2)
+
+    def batching(self) -> dict[str, tuple[int, int]]:
+        """(statements, scans) sent by the batched writes so far, by write."""
+        return {
+            name: (batcher.batches, batcher.items)
+            for name, batcher in (("insert", self._inserts), ("apply", self._applies))
+            if batcher is not None
+        }
+
     async def insert(
         self, scan_id: str, scan: ScanInput, lease: timedelta, traceparent: str
     ) -> tuple[ScanRecord, Position | None] | None:
@@ -101,6 +171,47 @@ class ScanStore:
         Also returns where the player's last plausible applied scan was (for
         the speed check), read in the same round trip: None when there is none
         or its location was purged."""
+        if self._inserts is not None:
+            return await self._inserts.submit(_NewScan(scan_id, scan, lease, traceparent))
+        return await self._insert_one(scan_id, scan, lease, traceparent)
+
+    @unavailable_when_down("record the scans")
+    async def _insert_many(
+        self, batch: list[_NewScan]
+    ) -> list[tuple[ScanRecord, Position | None] | None]:
+        if len(batch) == 1:
+            one = batch[0]
+            return [await self._insert_one(one.scan_id, one.scan, one.lease, one.traceparent)]
+        rows = await self._pool.fetch(
+            _INSERT_MANY,
+            [n.scan_id for n in batch],
+            [n.scan.player_id for n in batch],
+            [n.scan.client_scan_id for n in batch],
+            [n.scan.hunt_id for n in batch],
+            [n.scan.tag_id for n in batch],
+            [n.scan.lat for n in batch],
+            [n.scan.lon for n in batch],
+            [n.scan.accuracy_m for n in batch],
+            [n.scan.scanned_at for n in batch],
+            [n.traceparent for n in batch],
+            [n.lease.total_seconds() for n in batch],
+            _PLAUSIBLE,
+        )
+        found = {r["scan_id"]: r for r in rows}
+        results: list[tuple[ScanRecord, Position | None] | None] = []
+        for new in batch:
+            row = found.get(new.scan_id)
+            if row is None:
+                results.append(None)  # its key exists already
+            else:
+                previous = _position(row["p_lat"], row["p_lon"], row["p_acc"], row["p_at"])
+                results.append((_record(row), previous))
+        return results
+
+    @unavailable_when_down("record the scan")
+    async def _insert_one(
+        self, scan_id: str, scan: ScanInput, lease: timedelta, traceparent: str
+    ) -> tuple[ScanRecord, Position | None] | None:
         row = await self._pool.fetchrow(
             f"""WITH previous AS (
                     SELECT lat AS p_lat, lon AS p_lon, accuracy_m AS p_acc, scanned_at AS p_at
@@ -153,12 +264,43 @@ class ScanStore:
         )
         return _record(row) if row is not None else None
 
-    @unavailable_when_down("apply the scan")
     async def apply(self, answer: Answer, hunt_ends_at: datetime | None = None) -> ScanRecord:
         """Marks the scan applied with `answer`, unless it was applied already:
         either way, returns the row as it stands (the first answer wins).
         `hunt_ends_at`: the end of the scan's hunt when geo told it (when the
         location's retention starts), recorded in the same statement."""
+        if self._applies is not None:
+            return await self._applies.submit((answer, hunt_ends_at))
+        return await self._apply_one(answer, hunt_ends_at)
+
+    @unavailable_when_down("apply the scans")
+    async def _apply_many(self, batch: list[tuple[Answer, datetime | None]]) -> list[ScanRecord]:
+        if len(batch) == 1:
+            return [await self._apply_one(*batch[0])]
+        ordered = sorted(batch, key=lambda item: item[0].scan_id)  # rows locked in one order
+        rows = await self._pool.fetch(
+            _APPLY_MANY,
+            [a.scan_id for a, _ in ordered],
+            [a.outcome.value if a.outcome else None for a, _ in ordered],
+            [a.points_awarded for a, _ in ordered],
+            [a.total_points for a, _ in ordered],
+            [a.checkpoint_id for a, _ in ordered],
+            [a.checkpoint_name for a, _ in ordered],
+            [a.first_finder for a, _ in ordered],
+            [ends for _, ends in ordered],
+        )
+        found = {r["scan_id"]: _record(r) for r in rows}
+        others = [a.scan_id for a, _ in batch if a.scan_id not in found]
+        if others:
+            # Applied by another driver: read in a new statement (a new snapshot).
+            for r in await self._pool.fetch(
+                f"SELECT {_COLUMNS} FROM scan.scans WHERE scan_id = ANY($1::text[])", others
+            ):
+                found[r["scan_id"]] = _record(r)
+        return [found[a.scan_id] for a, _ in batch]
+
+    @unavailable_when_down("apply the scan")
+    async def _apply_one(self, answer: Answer, hunt_ends_at: datetime | None) -> ScanRecord:
         row = await self._pool.fetchrow(
             f"""UPDATE scan.scans SET status = 'applied', outcome = $2, points_awarded = $3,
                     total_points = $4, checkpoint_id = $5, checkpoint_name = $6, first_finder = $7,

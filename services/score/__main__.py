@@ -35,7 +35,7 @@ async def running(
             max_size=config.pg_pool_max,
         )
         redis = await runtime.redis(config.redis_url, CONTRACT, "SCORE_REDIS_URL")
-        store = ScoreStore(pool)
+        store = ScoreStore(pool, batch_size=config.unlock_batch)
         hot = HotTier(
             redis,
             runtime.metrics,

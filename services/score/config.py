@@ -20,6 +20,8 @@ class ScoreConfig:
     #: Postgres pool bounds (the hot path holds a connection for one statement).
     pg_pool_min: int = 2
     pg_pool_max: int = 16
+    #: Unlocks sent together in one statement at most (natural batching; 1: one each).
+    unlock_batch: int = 32
     #: Lifetime of the hot-tier keys.
     hot_tier_ttl_s: float = 30.0
     #: Deadline of one hot-tier call (a write is tried twice).
@@ -54,6 +56,7 @@ class ScoreConfig:
             geo_addr=env.str("GEO_SERVICE_ADDR"),
             pg_pool_min=env.int("SCORE_PG_POOL_MIN", cls.pg_pool_min, min=1, max=100),
             pg_pool_max=env.int("SCORE_PG_POOL_MAX", cls.pg_pool_max, min=2, max=200),
+            unlock_batch=env.int("SCORE_UNLOCK_BATCH", cls.unlock_batch, min=1, max=1000),
             hot_tier_ttl_s=env.float("SCORE_HOT_TIER_TTL_S", cls.hot_tier_ttl_s, min=1, max=86400),
             hot_tier_timeout_s=env.float(
                 "SCORE_HOT_TIER_TIMEOUT_MS", cls.hot_tier_timeout_s * 1000, min=1, max=10_000

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from libs import errors, pg
+from libs.batching import Batcher
 from services.score.model import (
     ZERO,
     OutboxRow,
@@ -33,6 +35,16 @@ log = logging.getLogger(__name__)
 _KINDS = {1: UnlockKind.UNLOCKED, 2: UnlockKind.REPLAYED, 3: UnlockKind.ALREADY_UNLOCKED}
 
 _UNLOCK = "SELECT * FROM score.unlock($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+#: Many unlocks in one statement (one transaction), applied in the arrays'
+#: order; one row each, with its position `i`.
+_UNLOCK_MANY = """
+SELECT v.i, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                            $7::timestamptz[], $8::text[], $9::text[]) WITH ORDINALITY
+         AS v(scan_id, hunt_id, player_id, checkpoint_id, points, bonus, at, tp, ts, i)
+CROSS JOIN LATERAL score.unlock(v.scan_id, v.hunt_id, v.player_id, v.checkpoint_id, v.points,
+                                v.bonus, v.at, v.tp, v.ts) AS u
+ORDER BY v.i"""
 
 _SCORE = """
 SELECT total, found, reached_at, version FROM score.player_scores
@@ -79,6 +91,10 @@ def _scan_id_reused(_exc: BaseException) -> errors.ServiceError:
 #: score.unlock() raises SC001 when a scan_id already unlocked another checkpoint.
 _STATES: pg.ErrorStates = {"SC001": _scan_id_reused}
 
+#: A batch failing with these is run again one unlock at a time: a reused
+#: scan_id (which one?), a race with a delete, a deadlock with another batch.
+_ALONE = frozenset({"SC001", "40001", "40P01"})
+
 
 def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
     return pg.mapped_errors(f"scores: {what}", _STATES)
@@ -97,9 +113,41 @@ class OutboxClaim:
             await self._connection.execute(_ACK, [row.id for row in self.rows])
 
 
+@dataclass(frozen=True)
+class _Unlock:
+    scan_id: str
+    hunt_id: str
+    player_id: str
+    checkpoint_id: str
+    points: int
+    first_finder_bonus: int
+    at: datetime
+    traceparent: str
+    tracestate: str
+
+    def args(self) -> tuple:
+        return (self.scan_id, self.hunt_id, self.player_id, self.checkpoint_id, self.points,
+                self.first_finder_bonus, self.at, self.traceparent, self.tracestate)  # fmt: skip
+
+
 class ScoreStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """`batch_size` > 1: unlocks that arrive while one statement is in flight
+    go together in the next one (libs.batching: one round trip and one commit
+    for all of them, applied in arrival order). When such a statement fails
+    (a scan_id reused, a race with a delete, a deadlock with another replica's
+    batch), nothing of it is kept and each of its unlocks runs again alone."""
+
+    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 1) -> None:
         self._pool = pool
+        self._unlocks: Batcher[_Unlock, UnlockOutcome] | None = None
+        if batch_size > 1:
+            self._unlocks = Batcher(self._unlock_many, max_size=batch_size)
+
+    def batching(self) -> tuple[int, int]:
+        """(statements, unlocks) sent by the batched unlock so far."""
+        if self._unlocks is None:
+            return 0, 0
+        return self._unlocks.batches, self._unlocks.items
 
     async def unlock(
         self,
@@ -115,28 +163,35 @@ class ScoreStore:
         tracestate: str,
     ) -> UnlockOutcome:
         """Applies one unlock (see score.unlock() in migrations/0001)."""
+        unlock = _Unlock(scan_id, hunt_id, player_id, checkpoint_id, points,
+                         first_finder_bonus, at, traceparent, tracestate)  # fmt: skip
+        if self._unlocks is not None:
+            return await self._unlocks.submit(unlock)
+        return await self._unlock_one(unlock)
+
+    async def _unlock_many(self, batch: list[_Unlock]) -> list[UnlockOutcome | BaseException]:
+        if len(batch) > 1:
+            columns = [[u.args()[k] for u in batch] for k in range(9)]
+            with _mapped("unlock"):
+                try:
+                    rows = await self._pool.fetch(_UNLOCK_MANY, *columns)
+                    return [_outcome(row[1:]) for row in rows]
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate not in _ALONE:
+                        raise  # e.g. Postgres is down: every unlock of the batch hears it
+        # Alone, one after the other: each gets its own answer or error.
+        results: list[UnlockOutcome | BaseException] = []
+        for unlock in batch:
+            try:
+                results.append(await self._unlock_one(unlock))
+            except errors.ServiceError as exc:
+                results.append(exc)
+        return results
+
+    async def _unlock_one(self, unlock: _Unlock) -> UnlockOutcome:
         with _mapped("unlock"):
-            row = await self._pool.fetchrow(
-                _UNLOCK,
-                scan_id,
-                hunt_id,
-                player_id,
-                checkpoint_id,
-                points,
-                first_finder_bonus,
-                at,
-                traceparent,
-                tracestate,
-            )
-        return UnlockOutcome(
-            kind=_KINDS[row[0]],
-            points_awarded=row[1],
-            first_finder=row[2],
-            score=Score(
-                total_points=row[3], checkpoints_found=row[4], reached_at=row[5], version=row[6]
-            ),
-            unlock_scan_id=row[7],
-        )
+            row = await self._pool.fetchrow(_UNLOCK, *unlock.args())
+        return _outcome(row)
 
     async def score(self, hunt_id: str, player_id: str) -> Score:
         with _mapped("score"):
@@ -200,6 +255,19 @@ class ScoreStore:
         with _mapped("outbox stats"):
             row = await self._pool.fetchrow(_OUTBOX_STATS)
         return int(row[0]), float(row[1])
+
+
+def _outcome(row: Sequence) -> UnlockOutcome:
+    """An UnlockOutcome from score.unlock()'s row."""
+    return UnlockOutcome(
+        kind=_KINDS[row[0]],
+        points_awarded=row[1],
+        first_finder=row[2],
+        score=Score(
+            total_points=row[3], checkpoints_found=row[4], reached_at=row[5], version=row[6]
+        ),
+        unlock_scan_id=row[7],
+    )
 
 
 def _outbox_row(r: Sequence) -> OutboxRow:

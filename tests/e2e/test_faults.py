@@ -15,6 +15,12 @@ well under a second, and junk keeps coming while the load goes on, so the
 Redis stays full. Per fault a row goes to the table printed at the end of the
 session and written to .run/test/faults.md. Select with `-m faults`.
 
+One case kills score while the scans come at twice the rate the stack
+answered a moment before (measured on a hunt of its own): the admission
+limit refuses the excess and the clients retry it with the same
+client_scan_id, so scans keep arriving after the heal; its board promise
+counts from the last scan answered.
+
 The stack runs with the settings of the other e2e tests (a scan relay interval
 of 0.2 s, a lease of 3 s, a rate limit the load cannot reach); everything else,
 the outbox relay's backoff included, is the services' default.
@@ -82,6 +88,8 @@ class Fault:
     empties: str | None = None
     #: The Redis the fault fills to maxmemory (and keeps full while the load goes on).
     fills: str | None = None
+    #: Offered load as a multiple of the stack's measured rate (None: RATE).
+    overload_x: float | None = None
 
 
 def kill_service(name: str) -> Fault:
@@ -146,8 +154,20 @@ def leaderboard_down() -> Fault:
 
 
 SERVICES = ("scan", "score", "leaderboard", "geo")
+
+
+def kill_score_past_capacity() -> Fault:
+    """kill -9 of score while scans come at twice what the stack answers:
+    admission refuses the excess, the clients retry it, and still nothing is
+    lost or awarded twice."""
+    fault = kill_service("score")
+    return Fault("kill-score-2x", "kill -9 score at 2x capacity", fault.inject,
+                 restarts="score", shows="retried", overload_x=2.0)  # fmt: skip
+
+
 FAULTS = [
     *(kill_service(name) for name in SERVICES),
+    kill_score_past_capacity(),
     *(restart_redis(name) for name in SERVICES),
     *(flush_redis(name) for name in SERVICES),
     *(fill_redis(name) for name in ("score", "geo")),
@@ -159,7 +179,13 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
     """Load, fault, heal, stop the load, drain, account, check; adds the
     fault's row to the table and returns every broken promise (none: ok)."""
     hunt_id = f"faults-{uuid.uuid4().hex[:8]}"
-    players, checkpoints = faults.plan(RATE, WARMUP_S + fault.seconds + AFTER_S)
+    rate = RATE
+    if fault.overload_x is not None:  # measured on a hunt of its own, kept out of the accounting
+        probe = f"capacity-{uuid.uuid4().hex[:8]}"
+        probe_spots = spots(probe, 1, spacing_m=faults.SPACING_M)
+        await create_hunt(stack.geo(), probe, probe_spots)
+        rate = fault.overload_x * await faults.capacity(stack.addr("scan"), probe, probe_spots[0])
+    players, checkpoints = faults.plan(rate, WARMUP_S + fault.seconds + AFTER_S)
     cps = spots(hunt_id, checkpoints, spacing_m=faults.SPACING_M)
     await create_hunt(stack.geo(), hunt_id, cps)
     player_ids = [f"p{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(players)]
@@ -176,7 +202,7 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
         phases[name] = round(now - clock, 2)
         clock = now
 
-    load = ScanLoad(stack.addr("scan"), hunt_id, cps, player_ids, rate=RATE).start()
+    load = ScanLoad(stack.addr("scan"), hunt_id, cps, player_ids, rate=rate).start()
     await asyncio.sleep(WARMUP_S)
     pressure: asyncio.Task[None] | None = None
     release = asyncio.Event()
@@ -201,6 +227,10 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
     board = stack.channel("leaderboard")
     convergence = await board_converged(board, db, hunt_id, timeout_s=15)
     phase("converge")
+    if fault.overload_x is not None:
+        # Past capacity the clients' refused scans keep coming back after the
+        # heal: the promise counts from the last one answered.
+        healed_at = max([healed_at] + [scan.ended for scan in load.scans])
     converge_s = None if convergence.at is None else convergence.at - healed_at
     last_applied = await db.fetchval(
         "SELECT extract(epoch FROM max(applied_at)) FROM scan.scans WHERE hunt_id = $1", hunt_id
@@ -214,7 +244,7 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
     phase("account")
 
     problems: list[str] = []
-    if load.sent < RATE * (WARMUP_S + AFTER_S) * 0.8:
+    if load.sent < rate * (WARMUP_S + AFTER_S) * 0.8:
         problems.append(f"the load did not run: {load.sent} scans sent")
     if not drained:
         problems.append(
@@ -257,7 +287,7 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
         problems += await _check_fill(stack, fault.fills, notes["fill"], filled)
 
     row = faults.FaultRow(
-        fault=fault.name,
+        fault=fault.name if fault.overload_x is None else f"{fault.name} ({rate:.0f}/s offered)",
         sent=load.sent,
         acknowledged=len(load.acknowledged),
         deferred=load.deferred,

@@ -29,10 +29,11 @@ async def cache(redis_urls):
     await client.aclose()
 
 
-@pytest.fixture
-async def store(pg_dsn):
+@pytest.fixture(params=[1, 32], ids=["one-by-one", "batched"])
+async def store(pg_dsn, request):
+    """The scan log with each statement alone, and with natural batching."""
     pool = await pg.create_pool(pg_dsn)
-    yield ScanStore(pool)
+    yield ScanStore(pool, batch_size=request.param)
     await pool.close()
 
 
@@ -139,3 +140,42 @@ async def test_insert_returns_the_last_plausible_position(store):
     assert previous == Position(
         38.7, -9.1, 5.0, NOW
     )  # a rejected teleport does not move the player
+
+
+async def test_a_batch_of_new_scans_and_answers_gets_each_its_own_result(pg_dsn):
+    """Scans recorded and applied together (one statement each way): each
+    caller gets its own row, an existing key gets None, every new scan of a
+    player sees the position from before the batch, and an answer for a scan
+    applied already gets the first answer."""
+    pool = await pg.create_pool(pg_dsn)
+    store = ScanStore(pool, batch_size=32)
+    try:
+        lease = timedelta(seconds=10)
+        seen, _ = await store.insert(new_scan_id(), scan("c0"), lease, "")
+        await store.apply(Answer(seen.scan_id, Status.APPLIED, Outcome.UNLOCKED, 5, 5, "cp0"))
+        fresh = [scan(f"c{i}", player="p1" if i < 3 else f"q{i}") for i in range(1, 6)]
+        inserted = await asyncio.gather(
+            *(store.insert(new_scan_id(), s, lease, f"tp-{s.client_scan_id}") for s in fresh),
+            store.insert(new_scan_id(), scan("c0"), lease, ""),  # its key exists
+        )
+        assert inserted[-1] is None
+        assert store.batching() == {"insert": (2, 7), "apply": (1, 1)}  # the 6 went together
+        for request, (record, previous) in zip(fresh, inserted[:-1], strict=True):
+            assert record.input == request and record.traceparent == f"tp-{request.client_scan_id}"
+            assert record.answer.status is Status.RECEIVED
+            assert previous == (
+                Position(38.7, -9.1, 5.0, NOW) if request.player_id == "p1" else None
+            )
+        answers = [
+            Answer(r.scan_id, Status.APPLIED, Outcome.OUT_OF_RANGE, 0, i) for i, (r, _) in
+            enumerate(inserted[:-1])
+        ]  # fmt: skip
+        late = Answer(seen.scan_id, Status.APPLIED, Outcome.UNKNOWN_TAG)
+        applied = await asyncio.gather(*(store.apply(a) for a in answers), store.apply(late))
+        assert [r.answer for r in applied[:-1]] == answers
+        assert applied[-1].answer.outcome is Outcome.UNLOCKED  # the first answer won
+        assert store.batching()["apply"] == (2, 7)
+        for a in answers:
+            assert (await store.get(a.scan_id)).answer == a
+    finally:
+        await pool.close()

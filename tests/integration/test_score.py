@@ -16,9 +16,11 @@ import redis.asyncio as aioredis
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs import errors, rediskit
+from libs import errors, pg, rediskit
 from libs.telemetry import Telemetry
 from services.score import keys
+from services.score.model import UnlockKind
+from services.score.store import ScoreStore
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.infra import REPO, flush
 from tests.support.polling import eventually
@@ -544,3 +546,39 @@ async def test_invalid_reads_and_roles(score):
             ):
                 pass
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_batch_of_unlocks_with_a_reused_scan_id_fails_that_one_alone(pg_dsn, db):
+    """Unlocks sent together (one statement): when one of them reuses a
+    scan_id the statement keeps nothing, each runs again alone, and only that
+    one is refused; the first finder of a batch is the first in it."""
+    pool = await pg.create_pool(pg_dsn)
+    store = ScoreStore(pool, batch_size=32)
+
+    def unlock_of(scan_id: str, player: str, cp: str):
+        return store.unlock(scan_id=scan_id, hunt_id="h1", player_id=player, checkpoint_id=cp,
+                            points=10, first_finder_bonus=5, at=AT, traceparent="", tracestate="")  # fmt: skip
+
+    try:
+        assert (await unlock_of("dup", "p1", "cp3")).kind is UnlockKind.UNLOCKED
+        results = await asyncio.gather(
+            unlock_of("s-a", "p1", "cp1"),
+            unlock_of("dup", "p1", "cp2"),  # used for cp3 already
+            unlock_of("s-b", "p2", "cp1"),
+            unlock_of("s-c", "p1", "cp1"),  # p1 has cp1 from s-a
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], errors.FailedPrecondition)
+        a, b, c = results[0], results[2], results[3]
+        assert a.kind is UnlockKind.UNLOCKED and a.first_finder and a.points_awarded == 15
+        assert b.kind is UnlockKind.UNLOCKED and not b.first_finder and b.points_awarded == 10
+        assert c.kind is UnlockKind.ALREADY_UNLOCKED and c.unlock_scan_id == "s-a"
+        assert await db.fetchval("SELECT count(*) FROM score.unlocks") == 3
+        assert await db.fetchval("SELECT count(*) FROM score.outbox") == 3
+        assert store.batching() == (2, 5)  # "dup" first, then the four together
+
+        # A batch that goes through keeps the order it was sent in.
+        more = await asyncio.gather(*(unlock_of(f"m-{i}", f"r{i}", "cp9") for i in range(6)))
+        assert [m.first_finder for m in more] == [True] + [False] * 5
+    finally:
+        await pool.close()

@@ -86,6 +86,42 @@ def plan(rate: float, seconds: float, min_players: int = 20) -> tuple[int, int]:
     return players, checkpoints
 
 
+async def capacity(
+    target: str, hunt_id: str, spot: Spot, *, seconds: float = 2.0, in_flight: int = 16
+) -> float:
+    """The stack's rate right now: answered SubmitScans per second, from
+    `in_flight` at a time (each from a new player at `spot`, refused calls
+    not counted). Only to size an overload, never asserted on."""
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    stub = scan_pb2_grpc.ScanServiceStub(channel)
+    answered = 0
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal answered
+        while time.monotonic() < end:
+            request = scan_pb2.SubmitScanRequest(
+                player_id=f"cap-{uuid.uuid4().hex[:12]}",
+                hunt_id=hunt_id,
+                tag_id=spot.tag_id,
+                location=common_pb2.GeoPoint(lat=spot.lat, lon=spot.lon),
+                accuracy_m=ACCURACY_M,
+                scanned_at=timestamp(datetime.now(UTC)),
+                client_scan_id="c1",
+            )
+            try:
+                await stub.SubmitScan(request, metadata=CLIENT, timeout=2.0)
+                answered += 1
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+    finally:
+        await channel.close()
+    return answered / seconds
+
+
 class ScanLoad:
     """Scans at a steady offered rate from `players` walking `spots`."""
 
