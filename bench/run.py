@@ -93,6 +93,8 @@ def plot(runs: list[dict], path: Path) -> None:
         label = f"{run['target']} " + (
             f"{run['offered_rate']:g}/s" if run["mode"] == "open" else f"c={run['concurrency']}"
         )
+        if run.get("connections", 1) > 1:
+            label += f" x{run['connections']} conns"
         ys = [i / len(values) for i in range(1, len(values) + 1)]
         axes[0].plot(values, ys, label=label)
     axes[0].set_xscale("log")
