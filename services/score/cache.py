@@ -15,6 +15,10 @@ flush, restart). Its rules:
   limited). A write that failed twice marks the key dirty in a bounded L1 map,
   so this process reads that player from Postgres until a refill succeeds, and
   is retried once in the background with a longer deadline.
+- A process that starts trusts no key until it has written or refilled it
+  itself, for one TTL: an earlier process may have died (or timed out)
+  between a commit and its write-through, leaving an older total that
+  expires within the TTL; its dirty marks died with it.
 - After a few consecutive connection failures the guard's breaker skips
   Redis for a moment, so a dead Redis costs nothing per call (a silent one
   costs at most the deadline).
@@ -116,7 +120,11 @@ class HotTier:
         breaker_failures: int = 5,
         breaker_s: float = 1.0,
         dirty_max: int = _DIRTY_MAX,
+        suspect_s: float | None = None,
     ) -> None:
+        """`suspect_s`: how long after start only keys this process wrote or
+        refilled are trusted (default: the TTL, the longest an earlier
+        process's older total can live)."""
         self._redis = redis
         self._ttl_ms = str(int(ttl_s * 1000))
         self._ttl_s = ttl_s
@@ -127,6 +135,10 @@ class HotTier:
         self._dirty_max = dirty_max
         #: When the dirty map overflowed: trust no key until then.
         self._distrust_until = 0.0
+        #: Until then (one TTL after start) only the keys this process wrote
+        #: or refilled are trusted (`_verified`).
+        self._suspect_until = time.monotonic() + (ttl_s if suspect_s is None else suspect_s)
+        self._verified: TtlCache[str, int] = TtlCache(dirty_max, ttl_s)
         self._repairs: asyncio.Queue[tuple[list[str], list[str], int]] = asyncio.Queue(
             _REPAIR_QUEUE
         )
@@ -160,7 +172,10 @@ class HotTier:
             self._warn("score redis %s failed: %r", failure.op, failure.error)
 
     def _trusted(self, key: str) -> bool:
-        if self._distrust_until and time.monotonic() < self._distrust_until:
+        now = time.monotonic()
+        if self._distrust_until and now < self._distrust_until:
+            return False
+        if now < self._suspect_until and self._verified.get(key) is MISSING:
             return False
         return self._dirty.get(key) is MISSING
 
@@ -170,9 +185,12 @@ class HotTier:
         self._dirty.put(key, version)
 
     def _clean(self, key: str, version: int) -> None:
+        """Redis holds `version` of `key` (or a newer one) now."""
         lacking = self._dirty.get(key)
         if lacking is not MISSING and version >= lacking:
             self._dirty.invalidate(key)
+        if time.monotonic() < self._suspect_until:
+            self._verified.put(key, version)
 
     # -- writes ---------------------------------------------------------------
 

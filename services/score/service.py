@@ -4,7 +4,8 @@
   unlock, the new total and the outbox row; the first-finder bonus is decided
   there too, by `score.unlock()` in migrations/0001, so that concurrent
   finders cannot both win), then wakes outbox delivery and writes the hot tier
-  through. A replay of a scan_id gets the first answer and writes nothing.
+  through, shielded from a caller that hangs up. A replay of a scan_id gets
+  the first answer and writes nothing.
 - **Reads** try the hot tier and fall back to Postgres with one load per key at
   a time (single-flight), refilling the hot tier. A player with nothing found
   in a hunt that geo's catalog does not know is NOT_FOUND (HUNT_NOT_FOUND);
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -52,6 +54,26 @@ class Scores:
     async def unlock(
         self,
         *,
+        scan_id: str,
+        hunt_id: str,
+        player_id: str,
+        checkpoint_id: str,
+        points: int,
+        first_finder_bonus: int,
+        at: datetime,
+    ) -> UnlockOutcome:
+        """Commits the unlock, then writes it through. Shielded: a caller that
+        hangs up (its deadline passed) does not stop it between the commit and
+        the write-through, which would leave the hot tier an older total that
+        this process still trusts."""
+        task = asyncio.ensure_future(
+            self._unlock(scan_id, hunt_id, player_id, checkpoint_id, points, first_finder_bonus, at)
+        )
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # heard by nobody else
+        return await asyncio.shield(task)
+
+    async def _unlock(
+        self,
         scan_id: str,
         hunt_id: str,
         player_id: str,

@@ -582,3 +582,30 @@ async def test_a_batch_of_unlocks_with_a_reused_scan_id_fails_that_one_alone(pg_
         assert [m.first_finder for m in more] == [True] + [False] * 5
     finally:
         await pool.close()
+
+
+async def test_a_new_process_does_not_trust_what_an_earlier_one_left(
+    pg_dsn, redis_urls, leaderboard
+):
+    """A score process that died between a commit and its write-through left
+    an older total in Redis (and its dirty marks died with it). The next
+    process reads each player from Postgres once, refills, and only then
+    serves that key from Redis."""
+    key = keys.player_score("h1", "p1")
+    redis = rediskit.connect(redis_urls["score"])
+    try:
+        async with score_service(pg_dsn, redis_urls["score"], leaderboard.address) as first:
+            async with score_client(first.port) as c:
+                await unlock(c, "s1", cp="cp1")
+                await unlock(c, "s2", cp="cp2", at=AT + timedelta(minutes=1))
+        # As if the second write-through never happened: version 1's total.
+        await redis.hset(key, mapping={"t": "15", "f": "1", "v": "1"})
+        async with score_service(pg_dsn, redis_urls["score"], leaderboard.address) as second:
+            async with score_client(second.port) as c:
+                assert (await c.get_score("h1", "p1")).total_points == 30  # Postgres, not Redis
+                assert await redis.hget(key, "v") == "2"  # refilled
+                await redis.hset(key, "t", "999")  # now trusted: served from Redis
+                assert (await c.get_score("h1", "p1")).total_points == 999
+    finally:
+        await redis.delete(key)
+        await redis.aclose()

@@ -1,8 +1,9 @@
 """Score service pieces without I/O: keys, hot-tier encoding, outbox collapse
-and links, backoff, settings."""
+and links, backoff, settings, and an unlock whose caller hangs up."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -14,8 +15,11 @@ from libs.config import ConfigError
 from services.score import keys
 from services.score.cache import decode_checkpoint, encode_checkpoint
 from services.score.config import ScoreConfig
-from services.score.model import OutboxRow, UnlockedCheckpoint
+from services.score.model import OutboxRow, Score, UnlockedCheckpoint, UnlockKind, UnlockOutcome
 from services.score.outbox import collapse, links_of
+from services.score.service import Scores
+
+AT = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 
 
 def test_keys_follow_the_design_examples():
@@ -103,3 +107,54 @@ def test_settings_defaults_and_checks():
         )
     assert "SCORE_RELAY_BATCH must be <= 1000" in str(err.value)
     assert "SCORE_HOT_TIER_TIMEOUT_MS must be a number" in str(err.value)
+
+
+def test_an_unlock_whose_caller_hangs_up_still_writes_through():
+    """Cancelled between the commit and the write-through (the caller's
+    deadline passed), an unlock still writes the hot tier: otherwise Redis
+    would keep an older total that this process goes on trusting."""
+
+    class HeldStore:
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+
+        async def unlock(self, **request):
+            await self.release.wait()  # the commit, taking its time
+            return UnlockOutcome(
+                kind=UnlockKind.UNLOCKED,
+                points_awarded=10,
+                first_finder=False,
+                score=Score(total_points=10, checkpoints_found=1, reached_at=AT, version=1),
+                unlock_scan_id="s1",
+            )
+
+    class Hot:
+        def __init__(self) -> None:
+            self.written: list[Score] = []
+
+        async def record_unlock(self, hunt_id, player_id, score, checkpoint) -> None:
+            self.written.append(score)
+
+    async def test():
+        store, hot = HeldStore(), Hot()
+        scores = Scores(store, hot, hunts=None, tracer=trace.get_tracer("test"))  # type: ignore[arg-type]
+        call = asyncio.ensure_future(
+            scores.unlock(
+                scan_id="s1",
+                hunt_id="h1",
+                player_id="p1",
+                checkpoint_id="cp1",
+                points=10,
+                first_finder_bonus=0,
+                at=AT,
+            )  # fmt: skip
+        )
+        await asyncio.sleep(0.01)
+        call.cancel()
+        store.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(0.01)
+        assert [s.version for s in hot.written] == [1]
+
+    asyncio.run(test())
