@@ -75,8 +75,6 @@ class AdaptiveLimit:
         self._min_current = math.inf
         self._min_previous = math.inf
         self._min_rotated = now
-        #: The last window's mean latency (seconds; 0 before the first window).
-        self.recent_s = 0.0
 
     @property
     def limit(self) -> int:
@@ -123,7 +121,6 @@ class AdaptiveLimit:
 
     def _update(self, mean_s: float) -> None:
         s = self.settings
-        self.recent_s = mean_s
         gradient = max(0.5, min(1.0, s.tolerance * self.baseline_s / mean_s))
         if gradient >= 1.0 and self._window_peak < self._limit / 2:
             return  # not limited by the limit: nothing learnt about a higher one
