@@ -63,8 +63,7 @@ class Batcher(Generic[T, R]):
         try:
             while self._waiting:
                 batch = [
-                    self._waiting.popleft()
-                    for _ in range(min(self._max_size, len(self._waiting)))
+                    self._waiting.popleft() for _ in range(min(self._max_size, len(self._waiting)))
                 ]
                 self.batches += 1
                 self.items += len(batch)

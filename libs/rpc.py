@@ -19,6 +19,16 @@ It wraps each method handler once, when the service is added to the server
 grpc.aio interceptor chain runs per call and cost about 0.25 ms of latency
 per hop here, twice (OpenTelemetry's and ours). Health and reflection are
 added unwrapped: open and untraced.
+
+A unary method may also be served multiplexed (`multiplexed`): a
+bidirectional stream whose every request envelope (`id`, `request`,
+`traceparent`, `timeout_ms`) is one call of the unary method, answered by an
+envelope with its id and the unary response or a `CallError`. Each such call
+runs as the unary call would, with its own server span (same name, the
+caller's trace context from the envelope), deadline, latency and status; the
+token is checked once, when the stream opens. On this machine a call on a
+stream costs about 0.3 ms of CPU, client and server together, against 0.8 ms
+for a unary call with its metadata (README, "Benchmarks").
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, descriptor_pool, duration_pb2, message_factory
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import propagate, trace
 
@@ -39,6 +49,7 @@ from libs import errors
 from libs.auth import AUTH_HEADER, Authenticator, Role
 from libs.metrics import Metrics
 from libs.telemetry import current_trace_id
+from treasure.common.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +146,14 @@ class ServiceHandlers:
         domain: str,
         tracer: trace.Tracer,
         gates: Mapping[str, Gate] | None = None,
+        multiplexed: Mapping[str, str] | None = None,
+        stream_in_flight: int = 256,
     ) -> None:
-        """`gates`: by full method name, the methods that have one."""
+        """`gates`: by full method name, the methods that have one.
+        `multiplexed`: stream method -> the unary method each of its
+        envelopes calls (full names); `stream_in_flight`: the calls of one
+        stream worked on at once, at most (more wait in the stream, under
+        HTTP/2 flow control)."""
         self._auth = authenticator
         self._roles = roles
         self._metrics = metrics
@@ -144,6 +161,8 @@ class ServiceHandlers:
         self._tracer = tracer
         self._gates = dict(gates or {})
         self._refusals: dict[int, tuple[errors.ServiceError, _Abort]] = {}
+        self._multiplexed = dict(multiplexed or {})
+        self._stream_in_flight = stream_in_flight
 
     def add_to_server(
         self, add_servicer: Callable[[object, object], None], servicer: object, server
@@ -152,10 +171,15 @@ class ServiceHandlers:
         function) with every method wrapped."""
         captured = _Captured()
         add_servicer(servicer, captured)
-        wrapped = {
-            name: self._wrap(f"/{self._domain}/{name}", handler)
-            for name, handler in captured.handlers.items()
-        }
+        wrapped = {}
+        for name, handler in captured.handlers.items():
+            method = f"/{self._domain}/{name}"
+            unary = self._multiplexed.get(method)
+            if unary is None:
+                wrapped[name] = self._wrap(method, handler)
+            else:
+                target = captured.handlers[unary.rsplit("/", 1)[-1]]
+                wrapped[name] = self._wrap_multiplexed(method, unary, target)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(self._domain, wrapped),)
         )
@@ -292,6 +316,132 @@ class ServiceHandlers:
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _wrap_multiplexed(
+        self, method: str, unary: str, target: grpc.RpcMethodHandler
+    ) -> grpc.RpcMethodHandler:
+        """The stream `method`, each of whose envelopes is one call of the
+        unary method `unary` (served by `target`, the servicer's handler)."""
+        if target.request_streaming or target.response_streaming:
+            raise TypeError(f"{method}: only a unary method can be multiplexed")
+        behavior = target.unary_unary
+        short = unary.rsplit("/", 1)[-1]
+        roles = self._roles[method]
+        envelope = _envelope_class(self._domain, method)
+
+        async def one(request, context, slots: asyncio.Semaphore, answers: asyncio.Queue) -> None:
+            started = time.perf_counter()
+            carrier = {"traceparent": request.traceparent} if request.traceparent else {}
+            timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
+            answer = envelope(id=request.id)
+            try:
+                with self._start_span(unary, short, carrier):
+                    abort = None
+                    try:
+                        async with asyncio.timeout(timeout):
+                            response = await behavior(
+                                request.request, _CallContext(context, started, timeout)
+                            )
+                        answer.response.CopyFrom(response)
+                    except TimeoutError:
+                        abort = _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                    except Exception as exc:  # mapped to a status below, never swallowed
+                        abort = self._to_abort(exc, unary)
+                    code = abort.code if abort else grpc.StatusCode.OK
+                    self._metrics.rpc_latency.labels(short, code.name).observe(
+                        time.perf_counter() - started
+                    )
+                    _record_status(code)
+                    if abort is not None:
+                        answer.error.CopyFrom(
+                            common_pb2.CallError(
+                                code=abort.code.value[0],
+                                message=abort.message,
+                                status_details=abort.details or b"",
+                            )
+                        )
+                answers.put_nowait(answer)
+            finally:
+                slots.release()
+
+        async def stream(requests, context) -> None:
+            metadata = dict(context.invocation_metadata() or ())
+            try:
+                self._check(metadata, roles)
+            except _Abort as abort:
+                await context.abort(abort.code, abort.message)
+            slots = asyncio.Semaphore(self._stream_in_flight)
+            answers: asyncio.Queue = asyncio.Queue()
+            calls: set[asyncio.Task[None]] = set()
+
+            async def read() -> None:
+                async for request in requests:
+                    await slots.acquire()
+                    call = asyncio.ensure_future(one(request, context, slots, answers))
+                    calls.add(call)
+                    call.add_done_callback(calls.discard)
+                if calls:  # the caller is done writing: answer what it sent, then end
+                    await asyncio.wait(set(calls))
+                answers.put_nowait(None)
+
+            reader = asyncio.ensure_future(read())
+            try:
+                while True:
+                    answer = await answers.get()
+                    if answer is None:
+                        break
+                    await context.write(answer)
+                await reader
+            finally:
+                reader.cancel()
+                for call in list(calls):
+                    call.cancel()
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream,
+            request_deserializer=_request_class(self._domain, method).FromString,
+            response_serializer=envelope.SerializeToString,
+        )
+
+
+class _CallContext:
+    """What a servicer method sees of one multiplexed call: its deadline
+    and the stream's metadata. Nothing else of a ServicerContext applies to
+    one call of a stream."""
+
+    def __init__(self, stream_context, started: float, timeout: float | None) -> None:
+        self._stream = stream_context
+        self._deadline = None if timeout is None else started + timeout
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return self._stream.time_remaining()
+        return max(0.0, self._deadline - time.perf_counter())
+
+    def invocation_metadata(self):
+        return self._stream.invocation_metadata()
+
+
+def _method_descriptor(domain: str, method: str) -> Any:
+    service = descriptor_pool.Default().FindServiceByName(domain)
+    return service.methods_by_name[method.rsplit("/", 1)[-1]]
+
+
+def _envelope_class(domain: str, method: str) -> Any:
+    """The response envelope of a multiplexed stream method (from the
+    generated descriptors)."""
+    return message_factory.GetMessageClass(_method_descriptor(domain, method).output_type)
+
+
+def _request_class(domain: str, method: str) -> Any:
+    return message_factory.GetMessageClass(_method_descriptor(domain, method).input_type)
+
+
+def envelope_classes(method: str) -> tuple[Any, Any]:
+    """The request and response envelopes of the multiplexed stream method
+    `method` (`/pkg.Service/Method`)."""
+    domain, _, name = method.lstrip("/").partition("/")
+    return _request_class(domain, name), _envelope_class(domain, name)
 
 
 def _record_status(code: grpc.StatusCode) -> None:

@@ -56,14 +56,17 @@ class StartupError(Exception):
 @dataclass(frozen=True)
 class Binding:
     """A servicer and how to serve it: its descriptor, the generated `add_*`
-    function, the roles each of its methods accepts and the methods' gates
-    (`libs.rpc.Gate`: refusing a call before it does any work), by short name."""
+    function, the roles each of its methods accepts, the methods' gates
+    (`libs.rpc.Gate`: refusing a call before it does any work) and the stream
+    methods served as many calls of a unary method (`multiplexed`: stream ->
+    unary, see libs.rpc), by short name."""
 
     descriptor: ServiceDescriptor
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
     roles: Mapping[str, frozenset[Role]]
     gates: Mapping[str, Gate] = field(default_factory=dict)
+    multiplexed: Mapping[str, str] = field(default_factory=dict)
 
     def full_roles(self) -> dict[str, frozenset[Role]]:
         methods = {m.name for m in self.descriptor.methods}
@@ -83,6 +86,16 @@ class Binding:
                 f"{self.descriptor.full_name}: gates of unknown methods {sorted(unknown)}"
             )
         return {f"/{self.descriptor.full_name}/{name}": gate for name, gate in self.gates.items()}
+
+    def full_multiplexed(self) -> dict[str, str]:
+        methods = {m.name for m in self.descriptor.methods}
+        unknown = (set(self.multiplexed) | set(self.multiplexed.values())) - methods
+        if unknown:
+            raise StartupError(
+                f"{self.descriptor.full_name}: multiplexed names unknown methods {sorted(unknown)}"
+            )
+        prefix = f"/{self.descriptor.full_name}/"
+        return {prefix + stream: prefix + unary for stream, unary in self.multiplexed.items()}
 
 
 class Runtime:
@@ -198,6 +211,7 @@ class Runtime:
             binding.descriptor.full_name,
             self.telemetry.tracer,
             binding.full_gates(),
+            binding.full_multiplexed(),
         )
         server = grpc.aio.server(
             options=[

@@ -33,9 +33,20 @@ _HUNT = {
 log = logging.getLogger(__name__)
 
 
+CHECK_IN = "/treasure.geo.v1.GeoService/CheckIn"
+CHECK_IN_STREAM = "/treasure.geo.v1.GeoService/CheckInStream"
+
+
 class GeoClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float = 1.0, *, multiplexed: bool = False
+    ) -> None:
+        """`multiplexed`: check-ins go as calls on one CheckInStream (the
+        channel must be a libs.channels.PeerChannel), not one CheckIn each."""
         self._stub = geo_pb2_grpc.GeoServiceStub(channel)
+        self._check_in = (
+            channel.multiplexed(CHECK_IN_STREAM, CHECK_IN) if multiplexed else self._stub.CheckIn
+        )
         self._timeout_s = timeout_s
 
     async def check_in(
@@ -59,7 +70,7 @@ class GeoClient:
             at=timestamp(at),
         )
         try:
-            reply = await self._stub.CheckIn(request, timeout=timeout_s or self._timeout_s)
+            reply = await self._check_in(request, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise peer_error("geo", err) from err
         found = reply.tag_status in (geo_pb2.TAG_STATUS_FOUND, geo_pb2.TAG_STATUS_INACTIVE)

@@ -41,12 +41,16 @@ ROLES = {
     "PutTile": ADMIN,
     "RefreshTiles": ADMIN,
     "CheckIn": INTERNAL,
+    "CheckInStream": INTERNAL,  # CheckIn, many calls on one stream (libs.rpc multiplexed)
     "UpdateLocation": PUBLIC,
     "GetPlayerLocation": PUBLIC,
     "NearbyCheckpoints": PUBLIC,
     "NearbyPlayers": PUBLIC,
     "GetTile": PUBLIC,
 }
+
+#: The stream methods that carry many calls of a unary method (libs.rpc).
+MULTIPLEXED = {"CheckInStream": "CheckIn"}
 
 MAX_NAME = 200
 MAX_TILE_BYTES = 256 * 1024
@@ -373,6 +377,11 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
             in_range=result.in_range,
         )
 
+    def CheckInStream(self, request_iterator, context):
+        """Never called: libs.rpc serves this stream as many CheckIn calls
+        (MULTIPLEXED), each through CheckIn above."""
+        raise NotImplementedError("CheckInStream is served by libs.rpc as CheckIn calls")
+
     async def UpdateLocation(self, request, context) -> geo_pb2.UpdateLocationResponse:
         hunt_id = validate.require_id("hunt_id", request.hunt_id)
         player_id = validate.require_id("player_id", request.player_id)
@@ -440,4 +449,5 @@ def binding(servicer: GeoServicer) -> Binding:
         add_to_server=geo_pb2_grpc.add_GeoServiceServicer_to_server,
         servicer=servicer,
         roles=ROLES,
+        multiplexed=MULTIPLEXED,
     )

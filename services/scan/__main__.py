@@ -39,8 +39,16 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
         flow = ScanFlow(
             store,
             cache,
-            GeoClient(runtime.channel(config.geo_addr), timeout_s=config.geo_timeout_s),
-            ScoreClient(runtime.channel(config.score_addr), timeout_s=config.score_timeout_s),
+            GeoClient(
+                runtime.channel(config.geo_addr),
+                timeout_s=config.geo_timeout_s,
+                multiplexed=config.peer_streams,
+            ),
+            ScoreClient(
+                runtime.channel(config.score_addr),
+                timeout_s=config.score_timeout_s,
+                multiplexed=config.peer_streams,
+            ),
             runtime.telemetry.tracer,
             runtime.metrics,
             FlowSettings(

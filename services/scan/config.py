@@ -41,6 +41,9 @@ class ScanConfig:
     #: New scans (and answers) sent together in one statement at most (natural
     #: batching; 1: one statement each).
     pg_batch: int
+    #: CheckIn and Unlock go as calls on one long-lived stream per peer
+    #: (CheckInStream, UnlockStream) rather than one unary call each.
+    peer_streams: bool
     #: A scan's location is purged this long after its hunt ends (services.scan.purge).
     location_retention_s: int
     #: How often the location purge looks for rows that are due.
@@ -73,6 +76,7 @@ class ScanConfig:
             min_in_flight=env.int("SCAN_MIN_IN_FLIGHT", 4, min=1, max=100_000),
             admission_tolerance=env.float("SCAN_ADMISSION_TOLERANCE", 5.0, min=1.0, max=100.0),
             pg_batch=env.int("SCAN_PG_BATCH", 32, min=1, max=1000),
+            peer_streams=env.bool("SCAN_PEER_STREAMS", True),
             location_retention_s=env.int(
                 "SCAN_LOCATION_RETENTION_S", 7 * 86400, min=1, max=10 * 365 * 86400
             ),

@@ -22,10 +22,20 @@ from services.score.model import (
 )
 from treasure.score.v1 import score_pb2, score_pb2_grpc
 
+UNLOCK = "/treasure.score.v1.ScoreService/Unlock"
+UNLOCK_STREAM = "/treasure.score.v1.ScoreService/UnlockStream"
+
 
 class ScoreClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float = 2.0, *, multiplexed: bool = False
+    ) -> None:
+        """`multiplexed`: unlocks go as calls on one UnlockStream (the channel
+        must be a libs.channels.PeerChannel), not one Unlock each."""
         self._stub = score_pb2_grpc.ScoreServiceStub(channel)
+        self._unlock = (
+            channel.multiplexed(UNLOCK_STREAM, UNLOCK) if multiplexed else self._stub.Unlock
+        )
         self._timeout_s = timeout_s
 
     async def unlock(
@@ -50,7 +60,7 @@ class ScoreClient:
             at=timestamp(at),
         )
         try:
-            reply = await self._stub.Unlock(request, timeout=timeout_s or self._timeout_s)
+            reply = await self._unlock(request, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as err:
             raise peer_error("score", err) from err
         return UnlockAnswer(

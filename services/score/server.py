@@ -22,10 +22,14 @@ from treasure.score.v1 import score_pb2, score_pb2_grpc
 #: The roles each RPC accepts (libs.auth); every RPC must be listed.
 ROLES = {
     "Unlock": INTERNAL,
+    "UnlockStream": INTERNAL,  # Unlock, many calls on one stream (libs.rpc multiplexed)
     "GetScore": PUBLIC,
     "GetProgress": PUBLIC,
     "StreamScores": INTERNAL,
 }
+
+#: The stream methods that carry many calls of a unary method (libs.rpc).
+MULTIPLEXED = {"UnlockStream": "Unlock"}
 
 STREAM_PAGE_DEFAULT = 1000
 STREAM_PAGE_MAX = 5000
@@ -70,6 +74,11 @@ class ScoreServicer(score_pb2_grpc.ScoreServiceServicer):
             checkpoints_found=outcome.score.checkpoints_found,
             unlock_scan_id=outcome.unlock_scan_id,
         )
+
+    def UnlockStream(self, request_iterator, context):
+        """Never called: libs.rpc serves this stream as many Unlock calls
+        (MULTIPLEXED), each through Unlock above."""
+        raise NotImplementedError("UnlockStream is served by libs.rpc as Unlock calls")
 
     async def GetScore(
         self, request: score_pb2.GetScoreRequest, context: grpc.aio.ServicerContext
@@ -129,4 +138,5 @@ def binding(servicer: ScoreServicer) -> Binding:
         add_to_server=score_pb2_grpc.add_ScoreServiceServicer_to_server,
         servicer=servicer,
         roles=ROLES,
+        multiplexed=MULTIPLEXED,
     )

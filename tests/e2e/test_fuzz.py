@@ -203,6 +203,9 @@ def valid_traffic(hunt_id: str, spot: Spot, mark: str, n: int) -> list[tuple[str
         ("score", "Unlock", score_pb2.UnlockRequest(
             scan_id=f"u-{mark}-{n}", hunt_id=hunt_id, player_id=f"ku-{mark}-{n}",
             checkpoint_id=spot.checkpoint_id, points=1, at=at)),
+        ("score", "UnlockStream", score_pb2.UnlockStreamRequest(id=1, request=score_pb2.UnlockRequest(
+            scan_id=f"us-{mark}-{n}", hunt_id=hunt_id, player_id=f"kus-{mark}-{n}",
+            checkpoint_id=spot.checkpoint_id, points=1, at=at))),
         ("score", "GetScore", score_pb2.GetScoreRequest(hunt_id=hunt_id, player_id=player)),
         ("score", "GetProgress", score_pb2.GetProgressRequest(hunt_id=hunt_id, player_id=player)),
         ("score", "StreamScores", score_pb2.StreamScoresRequest(hunt_id=hunt_id)),
@@ -228,6 +231,9 @@ def valid_traffic(hunt_id: str, spot: Spot, mark: str, n: int) -> list[tuple[str
         ("geo", "CheckIn", geo_pb2.CheckInRequest(
             hunt_id=hunt_id, player_id=f"kg-{mark}-{n}", tag_id=spot.tag_id, location=here,
             accuracy_m=5.0, at=at)),
+        ("geo", "CheckInStream", geo_pb2.CheckInStreamRequest(id=1, request=geo_pb2.CheckInRequest(
+            hunt_id=hunt_id, player_id=f"kgs-{mark}-{n}", tag_id=spot.tag_id, location=here,
+            accuracy_m=5.0, at=at))),
         ("geo", "UpdateLocation", geo_pb2.UpdateLocationRequest(
             hunt_id=hunt_id, player_id=player, location=here, accuracy_m=5.0, at=at)),
         ("geo", "GetPlayerLocation", geo_pb2.GetPlayerLocationRequest(player_id=player)),

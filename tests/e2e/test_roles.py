@@ -27,6 +27,7 @@ ALLOWED: dict[str, dict[str, frozenset[Role]]] = {
     },
     "score": {
         "Unlock": frozenset({SERVICE}),
+        "UnlockStream": frozenset({SERVICE}),
         "GetScore": PUBLIC,
         "GetProgress": PUBLIC,
         "StreamScores": frozenset({SERVICE}),
@@ -56,6 +57,7 @@ ALLOWED: dict[str, dict[str, frozenset[Role]]] = {
         "NearbyPlayers": PUBLIC,
         "GetTile": PUBLIC,
         "CheckIn": frozenset({SERVICE}),
+        "CheckInStream": frozenset({SERVICE}),
     },
 }
 CREDENTIALS = {
@@ -105,8 +107,10 @@ def test_the_servers_enforce_the_pinned_roles(service: str):
 def test_a_client_token_never_reaches_an_internal_rpc():
     internal = {
         ("score", "Unlock"),
+        ("score", "UnlockStream"),
         ("score", "StreamScores"),
         ("geo", "CheckIn"),
+        ("geo", "CheckInStream"),
         ("leaderboard", "SubmitScores"),
     }
     for service, method in internal:

@@ -17,7 +17,7 @@ from libs.config import Env, ServiceSettings
 from libs.errors import Unavailable
 from libs.logs import JsonFormatter
 from libs.server import Binding, Runtime
-from services.geo.server import ROLES
+from services.geo.server import MULTIPLEXED, ROLES
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.fakes import FakeGeo
 from tests.support.rpcerrors import error_info, retry_info
@@ -43,6 +43,7 @@ async def served():
         geo_pb2_grpc.add_GeoServiceServicer_to_server,
         servicer,
         ROLES,
+        multiplexed=MULTIPLEXED,
     )
     port = await runtime.serve(binding)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -214,6 +215,7 @@ async def test_a_gate_refuses_before_the_servicer_with_its_status_and_retry_hint
             geo_pb2_grpc.add_GeoServiceServicer_to_server,
             servicer,
             ROLES,
+            multiplexed=MULTIPLEXED,
             gates={"CheckIn": gate},
         )
     )

@@ -14,7 +14,7 @@ import pytest
 from libs.channels import open_channel
 from libs.config import Env, ServiceSettings
 from libs.server import Binding, Runtime
-from services.geo.server import ROLES
+from services.geo.server import MULTIPLEXED, ROLES
 from tests.support.env import SERVICE_TOKEN, bearer
 from tests.support.fakes import FakeGeo
 from tools.inprocess import service_env
@@ -59,6 +59,7 @@ async def _serve(settings: ServiceSettings) -> Runtime:
         geo_pb2_grpc.add_GeoServiceServicer_to_server,
         FakeGeo(),
         ROLES,
+        multiplexed=MULTIPLEXED,
     )
     await runtime.serve(binding)
     return runtime

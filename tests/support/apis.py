@@ -45,6 +45,9 @@ def request_class(service: str, method_name: str) -> type[Message]:
     return getattr(APIS[service][0], method(service, method_name).input_type.name)
 
 
+_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
+
+
 async def call(
     channel: grpc.aio.Channel,
     service: str,
@@ -55,7 +58,9 @@ async def call(
     deadline_s: float = 5,
 ) -> tuple[grpc.StatusCode, str]:
     """Calls one RPC by name (an empty request unless given) and returns its
-    status code and details; of a server stream, only the first message is read."""
+    status code and details; of a server stream, only the first message is read;
+    on a multiplexed stream, the request is sent as one call (`request`: the
+    envelope) and its answer's status is returned."""
     module = APIS[service][0]
     descriptor = method(service, method_name)
     request_cls = getattr(module, descriptor.input_type.name)
@@ -67,7 +72,17 @@ async def call(
     )
     message = request_cls() if request is None else request
     try:
-        if descriptor.server_streaming:
+        if descriptor.client_streaming:  # a multiplexed stream: one call on it
+            calls = channel.stream_stream(path, **kwargs)(metadata=metadata, timeout=deadline_s)
+            try:
+                await calls.write(message)
+            except grpc.aio.AioRpcError:  # ended by the server meanwhile: its status says why
+                return await calls.code(), await calls.details() or ""
+            first = await calls.read()
+            calls.cancel()
+            if first is not grpc.aio.EOF and first.HasField("error"):
+                return grpc.StatusCode(_CODES[first.error.code]), first.error.message
+        elif descriptor.server_streaming:
             stream = channel.unary_stream(path, **kwargs)(
                 message, metadata=metadata, timeout=deadline_s
             )

@@ -260,6 +260,28 @@ class CheckInResponse(_message.Message):
     in_range: bool
     def __init__(self, tag_status: _Optional[_Union[TagStatus, str]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., hunt: _Optional[_Union[Hunt, _Mapping]] = ..., distance_m: _Optional[float] = ..., allowed_m: _Optional[float] = ..., in_range: _Optional[bool] = ...) -> None: ...
 
+class CheckInStreamRequest(_message.Message):
+    __slots__ = ("id", "request", "traceparent", "timeout_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: CheckInRequest
+    traceparent: str
+    timeout_ms: int
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[CheckInRequest, _Mapping]] = ..., traceparent: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class CheckInStreamResponse(_message.Message):
+    __slots__ = ("id", "response", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    response: CheckInResponse
+    error: _common_pb2.CallError
+    def __init__(self, id: _Optional[int] = ..., response: _Optional[_Union[CheckInResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.CallError, _Mapping]] = ...) -> None: ...
+
 class PlayerLocation(_message.Message):
     __slots__ = ("hunt_id", "player_id", "location", "accuracy_m", "seen_at")
     HUNT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -91,6 +91,11 @@ class GeoServiceStub:
                 request_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInRequest.SerializeToString,
                 response_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInResponse.FromString,
                 _registered_method=True)
+        self.CheckInStream = channel.stream_stream(
+                '/treasure.geo.v1.GeoService/CheckInStream',
+                request_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInStreamRequest.SerializeToString,
+                response_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInStreamResponse.FromString,
+                _registered_method=True)
         self.UpdateLocation = channel.unary_unary(
                 '/treasure.geo.v1.GeoService/UpdateLocation',
                 request_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.UpdateLocationRequest.SerializeToString,
@@ -204,6 +209,17 @@ class GeoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckInStream(self, request_iterator, context):
+        """Internal: CheckIn for many scans over one long-lived stream, as scan calls
+        it: each request carries an id, the trace context and the deadline of its
+        scan, and is answered once, in any order, by a response with its id: the
+        CheckInResponse or the error CheckIn would have answered. A call on a
+        stream costs a fraction of a unary call. Same role as CheckIn.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateLocation(self, request, context):
         """Records where a player is (kept 30 s as the last location, 60 s in the
         live-player sets of the hunt).
@@ -293,6 +309,11 @@ def add_GeoServiceServicer_to_server(servicer, server):
                     servicer.CheckIn,
                     request_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInRequest.FromString,
                     response_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInResponse.SerializeToString,
+            ),
+            'CheckInStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.CheckInStream,
+                    request_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInStreamRequest.FromString,
+                    response_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInStreamResponse.SerializeToString,
             ),
             'UpdateLocation': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateLocation,
@@ -597,6 +618,33 @@ class GeoService:
             '/treasure.geo.v1.GeoService/CheckIn',
             treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInRequest.SerializeToString,
             treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckInStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/treasure.geo.v1.GeoService/CheckInStream',
+            treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInStreamRequest.SerializeToString,
+            treasure_dot_geo_dot_v1_dot_geo__pb2.CheckInStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

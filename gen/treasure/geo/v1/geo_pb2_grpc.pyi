@@ -74,6 +74,13 @@ class GeoServiceStub:
     and records the player's location. An unknown or inactive tag is an
     answer (tag_status), not an error.
     """
+    CheckInStream: _grpc.StreamStreamMultiCallable[_geo_pb2.CheckInStreamRequest, _geo_pb2.CheckInStreamResponse]
+    """Internal: CheckIn for many scans over one long-lived stream, as scan calls
+    it: each request carries an id, the trace context and the deadline of its
+    scan, and is answered once, in any order, by a response with its id: the
+    CheckInResponse or the error CheckIn would have answered. A call on a
+    stream costs a fraction of a unary call. Same role as CheckIn.
+    """
     UpdateLocation: _grpc.UnaryUnaryMultiCallable[_geo_pb2.UpdateLocationRequest, _geo_pb2.UpdateLocationResponse]
     """Records where a player is (kept 30 s as the last location, 60 s in the
     live-player sets of the hunt).
@@ -129,6 +136,13 @@ class GeoServiceAsyncStub(GeoServiceStub):
     """Internal: resolves a scanned tag, measures the distance to its checkpoint
     and records the player's location. An unknown or inactive tag is an
     answer (tag_status), not an error.
+    """
+    CheckInStream: _aio.StreamStreamMultiCallable[_geo_pb2.CheckInStreamRequest, _geo_pb2.CheckInStreamResponse]  # type: ignore[assignment]
+    """Internal: CheckIn for many scans over one long-lived stream, as scan calls
+    it: each request carries an id, the trace context and the deadline of its
+    scan, and is answered once, in any order, by a response with its id: the
+    CheckInResponse or the error CheckIn would have answered. A call on a
+    stream costs a fraction of a unary call. Same role as CheckIn.
     """
     UpdateLocation: _aio.UnaryUnaryMultiCallable[_geo_pb2.UpdateLocationRequest, _geo_pb2.UpdateLocationResponse]  # type: ignore[assignment]
     """Records where a player is (kept 30 s as the last location, 60 s in the
@@ -242,6 +256,19 @@ class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
         """Internal: resolves a scanned tag, measures the distance to its checkpoint
         and records the player's location. An unknown or inactive tag is an
         answer (tag_status), not an error.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckInStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_geo_pb2.CheckInStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_geo_pb2.CheckInStreamResponse], _abc.AsyncIterator[_geo_pb2.CheckInStreamResponse]]:
+        """Internal: CheckIn for many scans over one long-lived stream, as scan calls
+        it: each request carries an id, the trace context and the deadline of its
+        scan, and is answered once, in any order, by a response with its id: the
+        CheckInResponse or the error CheckIn would have answered. A call on a
+        stream costs a fraction of a unary call. Same role as CheckIn.
         """
 
     @_abc_1.abstractmethod

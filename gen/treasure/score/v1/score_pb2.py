@@ -23,37 +23,42 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from treasure.common.v1 import common_pb2 as treasure_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtreasure/score/v1/score.proto\x12\x11treasure.score.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x01\n\rUnlockRequest\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x0f\n\x07hunt_id\x18\x02 \x01(\t\x12\x11\n\tplayer_id\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x0e\n\x06points\x18\x05 \x01(\x05\x12\x1a\n\x12\x66irst_finder_bonus\x18\x06 \x01(\x05\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x01\n\x0eUnlockResponse\x12/\n\x06result\x18\x01 \x01(\x0e\x32\x1f.treasure.score.v1.UnlockResult\x12\x16\n\x0epoints_awarded\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_finder\x18\x03 \x01(\x08\x12\x14\n\x0ctotal_points\x18\x04 \x01(\x03\x12\x19\n\x11\x63heckpoints_found\x18\x05 \x01(\x05\x12\x16\n\x0eunlock_scan_id\x18\x06 \x01(\t\"5\n\x0fGetScoreRequest\x12\x0f\n\x07hunt_id\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\"s\n\x10GetScoreResponse\x12\x14\n\x0ctotal_points\x18\x01 \x01(\x03\x12\x19\n\x11\x63heckpoints_found\x18\x02 \x01(\x05\x12.\n\nreached_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x12GetProgressRequest\x12\x0f\n\x07hunt_id\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\"\x9b\x01\n\x12UnlockedCheckpoint\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\t\x12\x16\n\x0epoints_awarded\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_finder\x18\x03 \x01(\x08\x12/\n\x0bunlocked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07scan_id\x18\x05 \x01(\t\"\x82\x01\n\x13GetProgressResponse\x12\x14\n\x0ctotal_points\x18\x01 \x01(\x03\x12\x19\n\x11\x63heckpoints_found\x18\x02 \x01(\x05\x12:\n\x0b\x63heckpoints\x18\x03 \x03(\x0b\x32%.treasure.score.v1.UnlockedCheckpoint\"9\n\x13StreamScoresRequest\x12\x0f\n\x07hunt_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"w\n\x0bPlayerTotal\x12\x11\n\tplayer_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x03\x12.\n\nreached_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x04 \x01(\x03\"F\n\x14StreamScoresResponse\x12.\n\x06totals\x18\x01 \x03(\x0b\x32\x1e.treasure.score.v1.PlayerTotal*m\n\x0cUnlockResult\x12\x1d\n\x19UNLOCK_RESULT_UNSPECIFIED\x10\x00\x12\x1a\n\x16UNLOCK_RESULT_UNLOCKED\x10\x01\x12\"\n\x1eUNLOCK_RESULT_ALREADY_UNLOCKED\x10\x02\x32\xf3\x02\n\x0cScoreService\x12M\n\x06Unlock\x12 .treasure.score.v1.UnlockRequest\x1a!.treasure.score.v1.UnlockResponse\x12S\n\x08GetScore\x12\".treasure.score.v1.GetScoreRequest\x1a#.treasure.score.v1.GetScoreResponse\x12\\\n\x0bGetProgress\x12%.treasure.score.v1.GetProgressRequest\x1a&.treasure.score.v1.GetProgressResponse\x12\x61\n\x0cStreamScores\x12&.treasure.score.v1.StreamScoresRequest\x1a\'.treasure.score.v1.StreamScoresResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtreasure/score/v1/score.proto\x12\x11treasure.score.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftreasure/common/v1/common.proto\"\xaf\x01\n\rUnlockRequest\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x0f\n\x07hunt_id\x18\x02 \x01(\t\x12\x11\n\tplayer_id\x18\x03 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x0e\n\x06points\x18\x05 \x01(\x05\x12\x1a\n\x12\x66irst_finder_bonus\x18\x06 \x01(\x05\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x01\n\x0eUnlockResponse\x12/\n\x06result\x18\x01 \x01(\x0e\x32\x1f.treasure.score.v1.UnlockResult\x12\x16\n\x0epoints_awarded\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_finder\x18\x03 \x01(\x08\x12\x14\n\x0ctotal_points\x18\x04 \x01(\x03\x12\x19\n\x11\x63heckpoints_found\x18\x05 \x01(\x05\x12\x16\n\x0eunlock_scan_id\x18\x06 \x01(\t\"}\n\x13UnlockStreamRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32 .treasure.score.v1.UnlockRequest\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"\x93\x01\n\x14UnlockStreamResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x35\n\x08response\x18\x02 \x01(\x0b\x32!.treasure.score.v1.UnlockResponseH\x00\x12.\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.treasure.common.v1.CallErrorH\x00\x42\x08\n\x06result\"5\n\x0fGetScoreRequest\x12\x0f\n\x07hunt_id\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\"s\n\x10GetScoreResponse\x12\x14\n\x0ctotal_points\x18\x01 \x01(\x03\x12\x19\n\x11\x63heckpoints_found\x18\x02 \x01(\x05\x12.\n\nreached_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x12GetProgressRequest\x12\x0f\n\x07hunt_id\x18\x01 \x01(\t\x12\x11\n\tplayer_id\x18\x02 \x01(\t\"\x9b\x01\n\x12UnlockedCheckpoint\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\t\x12\x16\n\x0epoints_awarded\x18\x02 \x01(\x05\x12\x14\n\x0c\x66irst_finder\x18\x03 \x01(\x08\x12/\n\x0bunlocked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07scan_id\x18\x05 \x01(\t\"\x82\x01\n\x13GetProgressResponse\x12\x14\n\x0ctotal_points\x18\x01 \x01(\x03\x12\x19\n\x11\x63heckpoints_found\x18\x02 \x01(\x05\x12:\n\x0b\x63heckpoints\x18\x03 \x03(\x0b\x32%.treasure.score.v1.UnlockedCheckpoint\"9\n\x13StreamScoresRequest\x12\x0f\n\x07hunt_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"w\n\x0bPlayerTotal\x12\x11\n\tplayer_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x03\x12.\n\nreached_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x04 \x01(\x03\"F\n\x14StreamScoresResponse\x12.\n\x06totals\x18\x01 \x03(\x0b\x32\x1e.treasure.score.v1.PlayerTotal*m\n\x0cUnlockResult\x12\x1d\n\x19UNLOCK_RESULT_UNSPECIFIED\x10\x00\x12\x1a\n\x16UNLOCK_RESULT_UNLOCKED\x10\x01\x12\"\n\x1eUNLOCK_RESULT_ALREADY_UNLOCKED\x10\x02\x32\xd8\x03\n\x0cScoreService\x12M\n\x06Unlock\x12 .treasure.score.v1.UnlockRequest\x1a!.treasure.score.v1.UnlockResponse\x12\x63\n\x0cUnlockStream\x12&.treasure.score.v1.UnlockStreamRequest\x1a\'.treasure.score.v1.UnlockStreamResponse(\x01\x30\x01\x12S\n\x08GetScore\x12\".treasure.score.v1.GetScoreRequest\x1a#.treasure.score.v1.GetScoreResponse\x12\\\n\x0bGetProgress\x12%.treasure.score.v1.GetProgressRequest\x1a&.treasure.score.v1.GetProgressResponse\x12\x61\n\x0cStreamScores\x12&.treasure.score.v1.StreamScoresRequest\x1a\'.treasure.score.v1.StreamScoresResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'treasure.score.v1.score_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UNLOCKRESULT']._serialized_start=1223
-  _globals['_UNLOCKRESULT']._serialized_end=1332
-  _globals['_UNLOCKREQUEST']._serialized_start=86
-  _globals['_UNLOCKREQUEST']._serialized_end=261
-  _globals['_UNLOCKRESPONSE']._serialized_start=264
-  _globals['_UNLOCKRESPONSE']._serialized_end=448
-  _globals['_GETSCOREREQUEST']._serialized_start=450
-  _globals['_GETSCOREREQUEST']._serialized_end=503
-  _globals['_GETSCORERESPONSE']._serialized_start=505
-  _globals['_GETSCORERESPONSE']._serialized_end=620
-  _globals['_GETPROGRESSREQUEST']._serialized_start=622
-  _globals['_GETPROGRESSREQUEST']._serialized_end=678
-  _globals['_UNLOCKEDCHECKPOINT']._serialized_start=681
-  _globals['_UNLOCKEDCHECKPOINT']._serialized_end=836
-  _globals['_GETPROGRESSRESPONSE']._serialized_start=839
-  _globals['_GETPROGRESSRESPONSE']._serialized_end=969
-  _globals['_STREAMSCORESREQUEST']._serialized_start=971
-  _globals['_STREAMSCORESREQUEST']._serialized_end=1028
-  _globals['_PLAYERTOTAL']._serialized_start=1030
-  _globals['_PLAYERTOTAL']._serialized_end=1149
-  _globals['_STREAMSCORESRESPONSE']._serialized_start=1151
-  _globals['_STREAMSCORESRESPONSE']._serialized_end=1221
-  _globals['_SCORESERVICE']._serialized_start=1335
-  _globals['_SCORESERVICE']._serialized_end=1706
+  _globals['_UNLOCKRESULT']._serialized_start=1533
+  _globals['_UNLOCKRESULT']._serialized_end=1642
+  _globals['_UNLOCKREQUEST']._serialized_start=119
+  _globals['_UNLOCKREQUEST']._serialized_end=294
+  _globals['_UNLOCKRESPONSE']._serialized_start=297
+  _globals['_UNLOCKRESPONSE']._serialized_end=481
+  _globals['_UNLOCKSTREAMREQUEST']._serialized_start=483
+  _globals['_UNLOCKSTREAMREQUEST']._serialized_end=608
+  _globals['_UNLOCKSTREAMRESPONSE']._serialized_start=611
+  _globals['_UNLOCKSTREAMRESPONSE']._serialized_end=758
+  _globals['_GETSCOREREQUEST']._serialized_start=760
+  _globals['_GETSCOREREQUEST']._serialized_end=813
+  _globals['_GETSCORERESPONSE']._serialized_start=815
+  _globals['_GETSCORERESPONSE']._serialized_end=930
+  _globals['_GETPROGRESSREQUEST']._serialized_start=932
+  _globals['_GETPROGRESSREQUEST']._serialized_end=988
+  _globals['_UNLOCKEDCHECKPOINT']._serialized_start=991
+  _globals['_UNLOCKEDCHECKPOINT']._serialized_end=1146
+  _globals['_GETPROGRESSRESPONSE']._serialized_start=1149
+  _globals['_GETPROGRESSRESPONSE']._serialized_end=1279
+  _globals['_STREAMSCORESREQUEST']._serialized_start=1281
+  _globals['_STREAMSCORESREQUEST']._serialized_end=1338
+  _globals['_PLAYERTOTAL']._serialized_start=1340
+  _globals['_PLAYERTOTAL']._serialized_end=1459
+  _globals['_STREAMSCORESRESPONSE']._serialized_start=1461
+  _globals['_STREAMSCORESRESPONSE']._serialized_end=1531
+  _globals['_SCORESERVICE']._serialized_start=1645
+  _globals['_SCORESERVICE']._serialized_end=2117
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from treasure.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -52,6 +53,28 @@ class UnlockResponse(_message.Message):
     checkpoints_found: int
     unlock_scan_id: str
     def __init__(self, result: _Optional[_Union[UnlockResult, str]] = ..., points_awarded: _Optional[int] = ..., first_finder: _Optional[bool] = ..., total_points: _Optional[int] = ..., checkpoints_found: _Optional[int] = ..., unlock_scan_id: _Optional[str] = ...) -> None: ...
+
+class UnlockStreamRequest(_message.Message):
+    __slots__ = ("id", "request", "traceparent", "timeout_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: UnlockRequest
+    traceparent: str
+    timeout_ms: int
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[UnlockRequest, _Mapping]] = ..., traceparent: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class UnlockStreamResponse(_message.Message):
+    __slots__ = ("id", "response", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    response: UnlockResponse
+    error: _common_pb2.CallError
+    def __init__(self, id: _Optional[int] = ..., response: _Optional[_Union[UnlockResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.CallError, _Mapping]] = ...) -> None: ...
 
 class GetScoreRequest(_message.Message):
     __slots__ = ("hunt_id", "player_id")

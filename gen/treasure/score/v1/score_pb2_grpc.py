@@ -42,6 +42,11 @@ class ScoreServiceStub:
                 request_serializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockRequest.SerializeToString,
                 response_deserializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockResponse.FromString,
                 _registered_method=True)
+        self.UnlockStream = channel.stream_stream(
+                '/treasure.score.v1.ScoreService/UnlockStream',
+                request_serializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockStreamRequest.SerializeToString,
+                response_deserializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockStreamResponse.FromString,
+                _registered_method=True)
         self.GetScore = channel.unary_unary(
                 '/treasure.score.v1.ScoreService/GetScore',
                 request_serializer=treasure_dot_score_dot_v1_dot_score__pb2.GetScoreRequest.SerializeToString,
@@ -68,6 +73,17 @@ class ScoreServiceServicer:
     def Unlock(self, request, context):
         """Internal: applies one unlock in one transaction. Idempotent by scan_id and
         by (hunt_id, player_id, checkpoint_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlockStream(self, request_iterator, context):
+        """Internal: Unlock for many scans over one long-lived stream, as scan calls
+        it: each request carries an id, the trace context and the deadline of its
+        scan, and is answered once, in any order, by a response with its id: the
+        UnlockResponse or the error Unlock would have answered. Same guarantees
+        and role as Unlock; an unlock whose caller stopped waiting still applies.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +120,11 @@ def add_ScoreServiceServicer_to_server(servicer, server):
                     servicer.Unlock,
                     request_deserializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockRequest.FromString,
                     response_serializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockResponse.SerializeToString,
+            ),
+            'UnlockStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.UnlockStream,
+                    request_deserializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockStreamRequest.FromString,
+                    response_serializer=treasure_dot_score_dot_v1_dot_score__pb2.UnlockStreamResponse.SerializeToString,
             ),
             'GetScore': grpc.unary_unary_rpc_method_handler(
                     servicer.GetScore,
@@ -151,6 +172,33 @@ class ScoreService:
             '/treasure.score.v1.ScoreService/Unlock',
             treasure_dot_score_dot_v1_dot_score__pb2.UnlockRequest.SerializeToString,
             treasure_dot_score_dot_v1_dot_score__pb2.UnlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/treasure.score.v1.ScoreService/UnlockStream',
+            treasure_dot_score_dot_v1_dot_score__pb2.UnlockStreamRequest.SerializeToString,
+            treasure_dot_score_dot_v1_dot_score__pb2.UnlockStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,13 @@ class ScoreServiceStub:
     """Internal: applies one unlock in one transaction. Idempotent by scan_id and
     by (hunt_id, player_id, checkpoint_id).
     """
+    UnlockStream: _grpc.StreamStreamMultiCallable[_score_pb2.UnlockStreamRequest, _score_pb2.UnlockStreamResponse]
+    """Internal: Unlock for many scans over one long-lived stream, as scan calls
+    it: each request carries an id, the trace context and the deadline of its
+    scan, and is answered once, in any order, by a response with its id: the
+    UnlockResponse or the error Unlock would have answered. Same guarantees
+    and role as Unlock; an unlock whose caller stopped waiting still applies.
+    """
     GetScore: _grpc.UnaryUnaryMultiCallable[_score_pb2.GetScoreRequest, _score_pb2.GetScoreResponse]
     """A player's total in a hunt (zero for a player without unlocks).
     NOT_FOUND (reason HUNT_NOT_FOUND) for a hunt that does not exist.
@@ -68,6 +75,13 @@ class ScoreServiceAsyncStub(ScoreServiceStub):
     Unlock: _aio.UnaryUnaryMultiCallable[_score_pb2.UnlockRequest, _score_pb2.UnlockResponse]  # type: ignore[assignment]
     """Internal: applies one unlock in one transaction. Idempotent by scan_id and
     by (hunt_id, player_id, checkpoint_id).
+    """
+    UnlockStream: _aio.StreamStreamMultiCallable[_score_pb2.UnlockStreamRequest, _score_pb2.UnlockStreamResponse]  # type: ignore[assignment]
+    """Internal: Unlock for many scans over one long-lived stream, as scan calls
+    it: each request carries an id, the trace context and the deadline of its
+    scan, and is answered once, in any order, by a response with its id: the
+    UnlockResponse or the error Unlock would have answered. Same guarantees
+    and role as Unlock; an unlock whose caller stopped waiting still applies.
     """
     GetScore: _aio.UnaryUnaryMultiCallable[_score_pb2.GetScoreRequest, _score_pb2.GetScoreResponse]  # type: ignore[assignment]
     """A player's total in a hunt (zero for a player without unlocks).
@@ -96,6 +110,19 @@ class ScoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_score_pb2.UnlockResponse, _abc.Awaitable[_score_pb2.UnlockResponse]]:
         """Internal: applies one unlock in one transaction. Idempotent by scan_id and
         by (hunt_id, player_id, checkpoint_id).
+        """
+
+    @_abc_1.abstractmethod
+    def UnlockStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_score_pb2.UnlockStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_score_pb2.UnlockStreamResponse], _abc.AsyncIterator[_score_pb2.UnlockStreamResponse]]:
+        """Internal: Unlock for many scans over one long-lived stream, as scan calls
+        it: each request carries an id, the trace context and the deadline of its
+        scan, and is answered once, in any order, by a response with its id: the
+        UnlockResponse or the error Unlock would have answered. Same guarantees
+        and role as Unlock; an unlock whose caller stopped waiting still applies.
         """
 
     @_abc_1.abstractmethod
