@@ -65,11 +65,13 @@ class Telemetry:
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    """OTLP/gRPC to `endpoint`, with libs.otlp's encoder (a third of the
+    library encoder's CPU per span, the same messages)."""
+    from libs.otlp import SpanExporter as OtlpExporter
 
     parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
     insecure = parsed.scheme != "https"
-    return OTLPSpanExporter(endpoint=f"{parsed.hostname}:{parsed.port or 4317}", insecure=insecure)
+    return OtlpExporter(endpoint=f"{parsed.hostname}:{parsed.port or 4317}", insecure=insecure)
 
 
 _instrumented = False
