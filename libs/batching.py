@@ -11,6 +11,11 @@ a system call) is paid once per batch instead of once per item.
 exception is raised to that item's caller alone. An exception raised by
 `run` itself goes to every caller of the batch. A caller that is cancelled
 does not take its item out of a batch already sent.
+
+Traces: a batch runs in the trace context of its first item's caller, so the
+statement's span sits in that caller's trace (alone, a batch of one is traced
+exactly as a call of its own). A batch of several, when traced, runs under a
+span `<name>` (attribute `batch.size`) linked to every other caller's span.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,13 +39,18 @@ class Batcher(Generic[T, R]):
         *,
         max_size: int = 64,
         concurrency: int = 1,
+        name: str = "batch",
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """`name` and `tracer`: the span of a batch of several (none without a tracer)."""
         if max_size < 1 or concurrency < 1:
             raise ValueError("max_size and concurrency must be at least 1")
         self._run = run
         self._max_size = max_size
         self._concurrency = concurrency
-        self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._name = name
+        self._tracer = tracer
+        self._waiting: deque[_Waiting[T, R]] = deque()
         self._flushing = 0
         self._tasks: set[asyncio.Task[None]] = set()
         #: Sizes of the batches sent (for metrics and tests): count and total.
@@ -46,7 +59,7 @@ class Batcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
+        self._waiting.append((item, future, otel_context.get_current()))
         if self._flushing < self._concurrency:
             self._flushing += 1
             task = asyncio.ensure_future(self._flush())
@@ -71,22 +84,46 @@ class Batcher(Generic[T, R]):
         finally:
             self._flushing -= 1
 
-    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _send(self, batch: list[_Waiting[T, R]]) -> None:
+        token = otel_context.attach(batch[0][2])  # this task's own context: detached below
         try:
-            results = await self._run([item for item, _ in batch])
+            results = await self._traced([item for item, _, _ in batch], batch)
             if len(results) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} got {len(results)} results")
         except BaseException as exc:  # every caller of the batch hears it
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        finally:
+            otel_context.detach(token)
+        for (_, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _traced(
+        self, items: list[T], batch: list[_Waiting[T, R]]
+    ) -> Sequence[R | BaseException]:
+        """`run(items)`, under a span linked to the other callers' spans when
+        the batch has several and its first caller is traced."""
+        if self._tracer is None or len(batch) == 1 or not trace.get_current_span().is_recording():
+            return await self._run(items)
+        links = [
+            trace.Link(context)
+            for _, _, ctx in batch[1:]
+            if (context := trace.get_current_span(ctx).get_span_context()).is_valid
+        ]
+        with self._tracer.start_as_current_span(
+            self._name, links=links, attributes={"batch.size": len(batch)}
+        ):
+            return await self._run(items)
+
+
+#: An item waiting for a batch: the item, its caller's future, its caller's trace context.
+_Waiting = tuple[T, "asyncio.Future[R]", otel_context.Context]

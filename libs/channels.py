@@ -275,9 +275,10 @@ class _Stream:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # The call ended under the write (the peer refused or went away):
-            # the reader hears its status; end the stream if it does not.
-            await asyncio.wait({self._reader}, timeout=1.0)
+            # The call ended under the write: the peer went away, or refused
+            # the stream as it was being written (grpc.aio then reports
+            # INTERNAL locally, not the peer's status). Retried as a broken
+            # stream; a refusal shows its own status on the next one.
             self.end(_unavailable(f"stream write failed: {exc}"))
 
     async def _read(self) -> None:

@@ -27,7 +27,7 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
     async with bootstrap.Runtime("scan", config.common) as runtime:
         pool = await runtime.postgres(config.pg_dsn, "scan", MIGRATIONS, max_size=20)
         redis = await runtime.redis(config.redis_url, CONTRACT, "SCAN_REDIS_URL")
-        store = ScanStore(pool, batch_size=config.pg_batch)
+        store = ScanStore(pool, batch_size=config.pg_batch, tracer=runtime.telemetry.tracer)
         cache = ScanCache(
             redis,
             rate_limit=config.rate_limit,
@@ -49,7 +49,6 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
                 timeout_s=config.score_timeout_s,
                 multiplexed=config.peer_streams,
             ),
-            runtime.telemetry.tracer,
             runtime.metrics,
             FlowSettings(
                 max_speed_mps=config.max_speed_mps,

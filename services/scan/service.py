@@ -203,7 +203,6 @@ class ScanFlow:
         cache: ScanCache,
         geo: GeoApi,
         score: ScoreApi,
-        tracer: trace.Tracer,
         metrics: Metrics,
         settings: FlowSettings,
     ) -> None:
@@ -211,7 +210,6 @@ class ScanFlow:
         self._cache = cache
         self._geo = geo
         self._score = score
-        self._tracer = tracer
         self._settings = settings
         self._inflight: dict[tuple[str, str, str], tuple[ScanInput, asyncio.Task[Answer]]] = {}
         #: Answers being written to Redis after their call returned.
@@ -244,38 +242,37 @@ class ScanFlow:
     # -- SubmitScan ------------------------------------------------------------
 
     async def submit(self, scan: ScanInput, budget: Budget) -> Answer:
-        with self._tracer.start_as_current_span(
-            "scan.submit",
-            attributes={
-                "hunt.id": scan.hunt_id,
-                "player.id": scan.player_id,
-                "tag.id": scan.tag_id,
-            },
-        ) as span:
-            key = scan.key
-            running = self._inflight.get(key)
-            while running is not None and not running[0].same_request(scan):
-                # Another request under this key is in flight here: once it is
-                # settled, this one goes through the layers below on its own
-                # (refused if the other was recorded, recorded if it was not),
-                # so neither inherits the other's answer or error.
-                await asyncio.wait({running[1]})
-                running = self._inflight.get(key)
-            if running is None:
-                self._admit(key, budget)
-                # Shielded: a caller that hangs up does not stop a scan half way.
-                task = asyncio.ensure_future(self._admitted(scan, budget))
-                self._inflight[key] = (scan, task)
-                task.add_done_callback(functools.partial(self._settled, key))
-            else:
-                task = running[1]  # a copy of this very request: share its answer
-            answer = await asyncio.shield(task)
-            span.set_attribute("scan.id", answer.scan_id)
-            span.set_attribute(
-                "scan.outcome", answer.outcome.value if answer.outcome else "pending"
+        # What the scan is, on the call's server span (one span fewer per
+        # scan than a span of its own; the trace shows the same).
+        span = trace.get_current_span()
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(
+                {"hunt.id": scan.hunt_id, "player.id": scan.player_id, "tag.id": scan.tag_id}
             )
-            self._outcomes.labels(answer.outcome.value if answer.outcome else "pending").inc()
-            return answer
+        key = scan.key
+        running = self._inflight.get(key)
+        while running is not None and not running[0].same_request(scan):
+            # Another request under this key is in flight here: once it is
+            # settled, this one goes through the layers below on its own
+            # (refused if the other was recorded, recorded if it was not),
+            # so neither inherits the other's answer or error.
+            await asyncio.wait({running[1]})
+            running = self._inflight.get(key)
+        if running is None:
+            self._admit(key, budget)
+            # Shielded: a caller that hangs up does not stop a scan half way.
+            task = asyncio.ensure_future(self._admitted(scan, budget))
+            self._inflight[key] = (scan, task)
+            task.add_done_callback(functools.partial(self._settled, key))
+        else:
+            task = running[1]  # a copy of this very request: share its answer
+        answer = await asyncio.shield(task)
+        outcome = answer.outcome.value if answer.outcome else "pending"
+        if recording:
+            span.set_attributes({"scan.id": answer.scan_id, "scan.outcome": outcome})
+        self._outcomes.labels(outcome).inc()
+        return answer
 
     def refusal(
         self, key: tuple[str, str, str], time_left: float | None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
+from opentelemetry import trace
 
 from libs.batching import Batcher
 from libs.pg import unavailable_when_down
@@ -147,13 +148,22 @@ class ScanStore:
     `batch_size` each, two statements in flight), one round trip and one
     commit for all of them."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 1) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, batch_size: int = 1, tracer: trace.Tracer | None = None
+    ) -> None:
+        """`tracer`: for the span of a batch shared by several scans (libs.batching)."""
         self._pool = pool
         self._inserts: Batcher[_NewScan, tuple[ScanRecord, Position | None] | None] | None = None
         self._applies: Batcher[tuple[Answer, datetime | None], ScanRecord] | None = None
         if batch_size > 1:
-            self._inserts = Batcher(self._insert_many, max_size=batch_size, concurrency=2)
-            self._applies = Batcher(self._apply_many, max_size=batch_size, concurrency=2)
+            self._inserts = Batcher(
+                self._insert_many, max_size=batch_size, concurrency=2,
+                name="scan.log.insert_batch", tracer=tracer,
+            )  # fmt: skip
+            self._applies = Batcher(
+                self._apply_many, max_size=batch_size, concurrency=2,
+                name="scan.log.apply_batch", tracer=tracer,
+            )  # fmt: skip
 
     def batching(self) -> dict[str, tuple[int, int]]:
         """(statements, scans) sent by the batched writes so far, by write."""

@@ -35,7 +35,7 @@ async def running(
             max_size=config.pg_pool_max,
         )
         redis = await runtime.redis(config.redis_url, CONTRACT, "SCORE_REDIS_URL")
-        store = ScoreStore(pool, batch_size=config.unlock_batch)
+        store = ScoreStore(pool, batch_size=config.unlock_batch, tracer=runtime.telemetry.tracer)
         hot = HotTier(
             redis,
             runtime.metrics,
@@ -65,7 +65,6 @@ async def running(
             store,
             hot,
             HuntDirectory(runtime.channel(config.geo_addr)),
-            tracer,
             on_commit=relay.wake,
         )
         await runtime.serve(binding(ScoreServicer(scores)))

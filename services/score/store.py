@@ -9,13 +9,16 @@ failures surface as `Unavailable`; a scan_id reused for another checkpoint as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from opentelemetry import trace
 
 from libs import errors, pg
 from libs.batching import Batcher
@@ -94,6 +97,10 @@ _STATES: pg.ErrorStates = {"SC001": _scan_id_reused}
 #: A batch failing with these is run again one unlock at a time: a reused
 #: scan_id (which one?), a race with a delete, a deadlock with another batch.
 _ALONE = frozenset({"SC001", "40001", "40P01"})
+#: A statement that lost to another transaction (deadlock, serialization) and
+#: was rolled back; run again up to _CONFLICT_ATTEMPTS times in all.
+_CONFLICTS = frozenset({"40001", "40P01"})
+_CONFLICT_ATTEMPTS = 3
 
 
 def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
@@ -137,11 +144,16 @@ class ScoreStore:
     (a scan_id reused, a race with a delete, a deadlock with another replica's
     batch), nothing of it is kept and each of its unlocks runs again alone."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batch_size: int = 1) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, batch_size: int = 1, tracer: trace.Tracer | None = None
+    ) -> None:
+        """`tracer`: for the span of a batch shared by several unlocks (libs.batching)."""
         self._pool = pool
         self._unlocks: Batcher[_Unlock, UnlockOutcome] | None = None
         if batch_size > 1:
-            self._unlocks = Batcher(self._unlock_many, max_size=batch_size)
+            self._unlocks = Batcher(
+                self._unlock_many, max_size=batch_size, name="score.unlock_batch", tracer=tracer
+            )
 
     def batching(self) -> tuple[int, int]:
         """(statements, unlocks) sent by the batched unlock so far."""
@@ -189,9 +201,20 @@ class ScoreStore:
         return results
 
     async def _unlock_one(self, unlock: _Unlock) -> UnlockOutcome:
-        with _mapped("unlock"):
-            row = await self._pool.fetchrow(_UNLOCK, *unlock.args())
-        return _outcome(row)
+        """One unlock in its own statement. A deadlock or serialization
+        failure (with another replica's batch: the unlocks of a batch lock
+        players' totals and first finds in arrival order) rolled the
+        statement back whole, so it is run again, up to three times."""
+        for attempt in range(_CONFLICT_ATTEMPTS):
+            with _mapped("unlock"):
+                try:
+                    row = await self._pool.fetchrow(_UNLOCK, *unlock.args())
+                    return _outcome(row)
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate not in _CONFLICTS or attempt + 1 == _CONFLICT_ATTEMPTS:
+                        raise
+            await asyncio.sleep(random.uniform(0.002, 0.01) * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def score(self, hunt_id: str, player_id: str) -> Score:
         with _mapped("score"):

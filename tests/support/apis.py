@@ -48,6 +48,32 @@ def request_class(service: str, method_name: str) -> type[Message]:
 _CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
 
+async def _one_streamed_call(channel, path, kwargs, message, metadata, deadline_s):
+    """`message` as the one call on a new multiplexed stream: the status of
+    its answer, or the stream's. grpc.aio turns a write that races the
+    server's refusal of the stream (a token refused at once) into INTERNAL
+    "Internal error from Core" locally, hiding the server's status: that
+    one outcome is tried again, a few times."""
+    for _ in range(5):
+        calls = channel.stream_stream(path, **kwargs)(metadata=metadata, timeout=deadline_s)
+        try:
+            await calls.write(message)
+            first = await calls.read()
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.INTERNAL and err.details() == _CORE_RACE:
+                continue
+            raise
+        finally:
+            calls.cancel()
+        if first is not grpc.aio.EOF and first.HasField("error"):
+            return grpc.StatusCode(_CODES[first.error.code]), first.error.message
+        return grpc.StatusCode.OK, ""
+    return grpc.StatusCode.INTERNAL, _CORE_RACE
+
+
+_CORE_RACE = "Internal error from Core"
+
+
 async def call(
     channel: grpc.aio.Channel,
     service: str,
@@ -73,15 +99,7 @@ async def call(
     message = request_cls() if request is None else request
     try:
         if descriptor.client_streaming:  # a multiplexed stream: one call on it
-            calls = channel.stream_stream(path, **kwargs)(metadata=metadata, timeout=deadline_s)
-            try:
-                await calls.write(message)
-            except grpc.aio.AioRpcError:  # ended by the server meanwhile: its status says why
-                return await calls.code(), await calls.details() or ""
-            first = await calls.read()
-            calls.cancel()
-            if first is not grpc.aio.EOF and first.HasField("error"):
-                return grpc.StatusCode(_CODES[first.error.code]), first.error.message
+            return await _one_streamed_call(channel, path, kwargs, message, metadata, deadline_s)
         elif descriptor.server_streaming:
             stream = channel.unary_stream(path, **kwargs)(
                 message, metadata=metadata, timeout=deadline_s

@@ -99,3 +99,56 @@ def test_concurrency_lets_that_many_batches_be_in_flight():
         assert sink.batches[2:] == [[4, 6]]
 
     asyncio.run(test())
+
+
+def test_a_batch_is_traced_in_its_own_callers_trace_and_links_the_others():
+    """Each batch runs in the trace context of its first caller (not of
+    whoever started the flush); a batch of several runs under a span linked
+    to the other callers' spans."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+
+    async def test():
+        sink = Sink()
+        seen: list[trace.SpanContext] = []
+
+        async def run(items: list[int]) -> list[int | BaseException]:
+            seen.append(trace.get_current_span().get_span_context())
+            return await sink.run(items)
+
+        batcher = Batcher(run, max_size=8, name="test.batch", tracer=tracer)
+        callers: dict[int, trace.Span] = {}
+
+        async def caller(i: int) -> int:
+            with tracer.start_as_current_span(f"caller {i}") as span:
+                callers[i] = span
+                return await batcher.submit(i)
+
+        sink.gate.clear()
+        first = asyncio.ensure_future(caller(0))
+        await asyncio.sleep(0)  # in flight alone
+        rest = [asyncio.ensure_future(caller(i)) for i in (2, 4)]
+        await asyncio.sleep(0)
+        sink.gate.set()
+        assert await asyncio.gather(first, *rest) == [0, 20, 40]
+        assert sink.batches == [[0], [2, 4]]
+        # alone: the run is the caller's own child, no batch span
+        assert seen[0] == callers[0].get_span_context()
+        (batch,) = [s for s in exporter.get_finished_spans() if s.name == "test.batch"]
+        assert seen[1] == batch.context
+        assert (
+            batch.parent is not None
+            and batch.parent.span_id == callers[2].get_span_context().span_id
+        )
+        assert batch.context.trace_id == callers[2].get_span_context().trace_id
+        assert [link.context for link in batch.links] == [callers[4].get_span_context()]
+        assert batch.attributes["batch.size"] == 2
+
+    asyncio.run(test())

@@ -13,7 +13,6 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
-from opentelemetry import trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from libs import errors
@@ -138,7 +137,6 @@ class Flow:
             self.redis,  # type: ignore[arg-type]
             self.geo,
             self.score,
-            trace.get_tracer("test"),
             Metrics("scan"),
             FlowSettings(wait_s=1.0, admission=admission or LimitSettings()),
         )

@@ -137,7 +137,7 @@ def test_an_unlock_whose_caller_hangs_up_still_writes_through():
 
     async def test():
         store, hot = HeldStore(), Hot()
-        scores = Scores(store, hot, hunts=None, tracer=trace.get_tracer("test"))  # type: ignore[arg-type]
+        scores = Scores(store, hot, hunts=None)  # type: ignore[arg-type]
         call = asyncio.ensure_future(
             scores.unlock(
                 scan_id="s1",
