@@ -6,7 +6,9 @@
 Open loop (`--rate`): requests are sent on a fixed schedule whatever the
 answers do, and each latency is measured from its scheduled start, so a slow
 server cannot hide latency by slowing the sender (no coordinated omission).
-Closed loop (`--concurrency`): C requests in flight at all times.
+Closed loop (`--concurrency`): C clients, each with one request in flight at
+a time; a refused request is sent again after its retry hint (RetryInfo), as
+a client should, so the refusals do not turn into a storm of retries.
 `--connections N`: the calls take N client connections in turn (each its own
 channel and TCP connection, as N mobile backend pods would), not one.
 
@@ -33,6 +35,7 @@ from pathlib import Path
 import grpc
 import uvloop
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 
 from libs.auth import bearer_metadata
 from tools.huntctl import load_hunt_file
@@ -119,21 +122,37 @@ class Split:
         }
 
 
-async def _one(target, recorder: Recorder, started: float, split: Split | None = None) -> None:
+def retry_hint_s(err: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay of a refused call (0 without one)."""
+    for key, value in err.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            hint = error_details_pb2.RetryInfo()
+            if detail.Unpack(hint):
+                return hint.retry_delay.ToTimedelta().total_seconds()
+    return 0.0
+
+
+async def _one(target, recorder: Recorder, started: float, split: Split | None = None) -> float:
+    """One call, recorded; the retry hint of a refusal (s), else 0."""
     n = target.n + 1  # the call's number, as target.call() takes it
+    hint = 0.0
     try:
         outcome = await target.call()
     except grpc.aio.AioRpcError as err:
         outcome = f"error:{err.code().name}"
+        hint = retry_hint_s(err)
     took = time.perf_counter() - started
     recorder.record(took, outcome)
     if split is None:
-        return
+        return hint
     if not outcome.startswith("error:"):
         split.accepted.append(took)
     elif outcome in SHED:
         split.shed.append(took)
         split.shed_players.append(target.player(n))
+    return hint
 
 
 async def open_loop(target, rate: float, duration: float, split: Split) -> tuple[Recorder, float]:
@@ -165,8 +184,11 @@ async def closed_loop(
     end = begin + duration
 
     async def worker() -> None:
+        # As a client should: a refused call is retried after its hint.
         while time.perf_counter() < end:
-            await _one(target, recorder, time.perf_counter(), split)
+            hint = await _one(target, recorder, time.perf_counter(), split)
+            if hint:
+                await asyncio.sleep(min(hint, max(0.0, end - time.perf_counter())))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return recorder, time.perf_counter() - begin
