@@ -375,14 +375,16 @@ class ServiceHandlers:
             calls: set[asyncio.Task[None]] = set()
 
             async def read() -> None:
-                async for request in requests:
-                    await slots.acquire()
-                    call = asyncio.ensure_future(one(request, context, slots, answers))
-                    calls.add(call)
-                    call.add_done_callback(calls.discard)
-                if calls:  # the caller is done writing: answer what it sent, then end
-                    await asyncio.wait(set(calls))
-                answers.put_nowait(None)
+                try:
+                    async for request in requests:
+                        await slots.acquire()
+                        call = asyncio.ensure_future(one(request, context, slots, answers))
+                        calls.add(call)
+                        call.add_done_callback(calls.discard)
+                    if calls:  # the caller is done writing: answer what it sent, then end
+                        await asyncio.wait(set(calls))
+                finally:  # ended, or failed reading: the stream ends (with the error, if any)
+                    answers.put_nowait(None)
 
             reader = asyncio.ensure_future(read())
             try:
