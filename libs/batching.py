@@ -87,7 +87,7 @@ class Batcher(Generic[T, R]):
     async def _send(self, batch: list[_Waiting[T, R]]) -> None:
         token = otel_context.attach(batch[0][2])  # this task's own context: detached below
         try:
-            results = await self._traced([item for item, _, _ in batch], batch)
+            results = await self._traced(batch)
             if len(results) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} got {len(results)} results")
         except BaseException as exc:  # every caller of the batch hears it
@@ -107,11 +107,10 @@ class Batcher(Generic[T, R]):
             else:
                 future.set_result(result)
 
-    async def _traced(
-        self, items: list[T], batch: list[_Waiting[T, R]]
-    ) -> Sequence[R | BaseException]:
-        """`run(items)`, under a span linked to the other callers' spans when
-        the batch has several and its first caller is traced."""
+    async def _traced(self, batch: list[_Waiting[T, R]]) -> Sequence[R | BaseException]:
+        """`run` of the batch's items, under a span linked to the other
+        callers' spans when the batch has several and its first caller is traced."""
+        items = [item for item, _, _ in batch]
         if self._tracer is None or len(batch) == 1 or not trace.get_current_span().is_recording():
             return await self._run(items)
         links = [

@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 from opentelemetry import propagate, trace
 
-from libs import errors
+from libs import backoff, errors
 from libs.auth import bearer_metadata
 from libs.config import ServiceSettings
 from libs.rpc import envelope_classes
@@ -232,10 +232,9 @@ class _TracedStream:
 
 
 _CODE_OF = {code.value[0]: code for code in grpc.StatusCode}
-#: Attempts of a multiplexed call whose stream broke, and the pause before
-#: each retry (the unary retry policy's: 3 attempts, backoff from 20 ms).
+#: Attempts of a multiplexed call whose stream broke (the unary retry
+#: policy's: 3 attempts, backoff from 20 ms doubling, at most 0.2 s).
 _STREAM_ATTEMPTS = 3
-_STREAM_BACKOFF_S = (0.02, 0.04)
 
 
 class _Broken(Exception):
@@ -348,7 +347,7 @@ class Multiplexed:
                     last = attempt + 1 == _STREAM_ATTEMPTS
                     if last or broken.error.code() is not grpc.StatusCode.UNAVAILABLE:
                         raise broken.error from None  # refused (a token), or down for good
-                    await asyncio.sleep(_STREAM_BACKOFF_S[attempt])
+                    await asyncio.sleep(backoff.exponential(attempt, base_s=0.02, cap_s=0.2))
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, details="Deadline Exceeded"
             )

@@ -18,6 +18,7 @@ library's `_stub`/`_client` hooks, pinned with the library
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -73,12 +74,15 @@ def _value(value: Any) -> bytes | None:
     return None
 
 
-#: Encoded attributes (key, value) -> the KeyValue field: most recur from span
-#: to span (rpc.system, a method, an SQL statement). Bounded; emptied when full.
-_encoded: dict[tuple[int, str, type, Any], bytes] = {}
-_ENCODED_MAX = 8192
-#: Encoded span names.
-_names: dict[str, bytes] = {}
+@functools.lru_cache(maxsize=8192, typed=True)
+def _key_value(tag: int, key: str, value: Any) -> bytes | None:
+    """The KeyValue field `tag` of one attribute, or None when its value is
+    not a scalar. Cached: most recur from span to span (rpc.system, a method,
+    an SQL statement); `typed` keeps 1, True and 1.0 apart."""
+    scalar = _value(value)
+    if scalar is None:
+        return None
+    return _field(tag, _field(0x0A, key.encode()) + _field(0x12, scalar))
 
 
 def _attributes(tag: int, attributes: Any) -> bytes | None:
@@ -87,31 +91,20 @@ def _attributes(tag: int, attributes: Any) -> bytes | None:
         return b""
     out = []
     for key, value in attributes.items():
-        cache_key = (tag, key, type(value), value)
         try:
-            encoded = _encoded.get(cache_key)
+            encoded = _key_value(tag, key, value)
         except TypeError:  # not hashable: not a scalar
             return None
         if encoded is None:
-            scalar = _value(value)
-            if scalar is None:
-                return None
-            encoded = _field(tag, _field(0x0A, key.encode()) + _field(0x12, scalar))
-            if len(_encoded) >= _ENCODED_MAX:
-                _encoded.clear()
-            _encoded[cache_key] = encoded
+            return None
         out.append(encoded)
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=8192)
 def _name(name: str) -> bytes:
-    encoded = _names.get(name)
-    if encoded is None:
-        encoded = _field(0x2A, name.encode())
-        if len(_names) >= _ENCODED_MAX:
-            _names.clear()
-        _names[name] = encoded
-    return encoded
+    """A span's name field (names recur)."""
+    return _field(0x2A, name.encode())
 
 
 def _flags(parent: Any) -> bytes:

@@ -228,6 +228,10 @@ class ServiceHandlers:
         code = context.code() if hasattr(context, "code") else None
         if not isinstance(code, grpc.StatusCode):
             code = grpc.StatusCode.CANCELLED
+        self._record(method, started, code)
+
+    def _record(self, method: str, started: float, code: grpc.StatusCode) -> None:
+        """A call's latency by method and code, and its status on the span."""
         self._metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
         _record_status(code)
 
@@ -240,9 +244,7 @@ class ServiceHandlers:
         )
 
     async def _finish(self, context, method: str, started: float, abort: _Abort | None) -> None:
-        code = abort.code if abort else grpc.StatusCode.OK
-        self._metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
-        _record_status(code)
+        self._record(method, started, abort.code if abort else grpc.StatusCode.OK)
         trailer: list[tuple[str, str | bytes]] = [(TRACE_ID_TRAILER, current_trace_id())]
         if abort is None:
             context.set_trailing_metadata(trailer)
@@ -327,7 +329,7 @@ class ServiceHandlers:
         behavior = target.unary_unary
         short = unary.rsplit("/", 1)[-1]
         roles = self._roles[method]
-        envelope = _envelope_class(self._domain, method)
+        request_envelope, envelope = envelope_classes(method)
 
         async def one(request, context, slots: asyncio.Semaphore, answers: asyncio.Queue) -> None:
             started = time.perf_counter()
@@ -347,11 +349,7 @@ class ServiceHandlers:
                         abort = _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
                     except Exception as exc:  # mapped to a status below, never swallowed
                         abort = self._to_abort(exc, unary)
-                    code = abort.code if abort else grpc.StatusCode.OK
-                    self._metrics.rpc_latency.labels(short, code.name).observe(
-                        time.perf_counter() - started
-                    )
-                    _record_status(code)
+                    self._record(short, started, abort.code if abort else grpc.StatusCode.OK)
                     if abort is not None:
                         answer.error.CopyFrom(
                             common_pb2.CallError(
@@ -401,7 +399,7 @@ class ServiceHandlers:
 
         return grpc.stream_stream_rpc_method_handler(
             stream,
-            request_deserializer=_request_class(self._domain, method).FromString,
+            request_deserializer=request_envelope.FromString,
             response_serializer=envelope.SerializeToString,
         )
 
@@ -424,26 +422,15 @@ class _CallContext:
         return self._stream.invocation_metadata()
 
 
-def _method_descriptor(domain: str, method: str) -> Any:
-    service = descriptor_pool.Default().FindServiceByName(domain)
-    return service.methods_by_name[method.rsplit("/", 1)[-1]]
-
-
-def _envelope_class(domain: str, method: str) -> Any:
-    """The response envelope of a multiplexed stream method (from the
-    generated descriptors)."""
-    return message_factory.GetMessageClass(_method_descriptor(domain, method).output_type)
-
-
-def _request_class(domain: str, method: str) -> Any:
-    return message_factory.GetMessageClass(_method_descriptor(domain, method).input_type)
-
-
 def envelope_classes(method: str) -> tuple[Any, Any]:
     """The request and response envelopes of the multiplexed stream method
-    `method` (`/pkg.Service/Method`)."""
+    `method` (`/pkg.Service/Method`), from the generated descriptors."""
     domain, _, name = method.lstrip("/").partition("/")
-    return _request_class(domain, name), _envelope_class(domain, name)
+    found = descriptor_pool.Default().FindServiceByName(domain).methods_by_name[name]
+    return (
+        message_factory.GetMessageClass(found.input_type),
+        message_factory.GetMessageClass(found.output_type),
+    )
 
 
 def _record_status(code: grpc.StatusCode) -> None:

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import propagate, trace
 
@@ -32,6 +34,24 @@ from services.score.model import (
     UnlockOutcome,
 )
 from services.score.store import ScoreStore
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _runs_to_its_end(
+    method: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """The method runs as a task of its own, shielded from its caller's
+    cancellation; its outcome is retrieved even when nobody waits for it."""
+
+    @functools.wraps(method)
+    async def shielded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # heard by nobody else
+        return await asyncio.shield(task)
+
+    return shielded
 
 
 class Scores:
@@ -49,6 +69,7 @@ class Scores:
         self._score_loads: SingleFlight[tuple[str, str], Score] = SingleFlight()
         self._progress_loads: SingleFlight[tuple[str, str], Progress] = SingleFlight()
 
+    @_runs_to_its_end
     async def unlock(
         self,
         *,
@@ -60,26 +81,10 @@ class Scores:
         first_finder_bonus: int,
         at: datetime,
     ) -> UnlockOutcome:
-        """Commits the unlock, then writes it through. Shielded: a caller that
-        hangs up (its deadline passed) does not stop it between the commit and
-        the write-through, which would leave the hot tier an older total that
-        this process still trusts."""
-        task = asyncio.ensure_future(
-            self._unlock(scan_id, hunt_id, player_id, checkpoint_id, points, first_finder_bonus, at)
-        )
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # heard by nobody else
-        return await asyncio.shield(task)
-
-    async def _unlock(
-        self,
-        scan_id: str,
-        hunt_id: str,
-        player_id: str,
-        checkpoint_id: str,
-        points: int,
-        first_finder_bonus: int,
-        at: datetime,
-    ) -> UnlockOutcome:
+        """Commits the unlock, then writes it through. Runs to its end: a
+        caller that hangs up (its deadline passed) does not stop it between
+        the commit and the write-through, which would leave the hot tier an
+        older total that this process still trusts."""
         # What the unlock is, on the call's server span (one span fewer per
         # unlock than a span of its own).
         span = trace.get_current_span()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,7 @@ from datetime import datetime
 import asyncpg
 from opentelemetry import trace
 
-from libs import errors, pg
+from libs import backoff, errors, pg
 from libs.batching import Batcher
 from services.score.model import (
     ZERO,
@@ -94,13 +93,13 @@ def _scan_id_reused(_exc: BaseException) -> errors.ServiceError:
 #: score.unlock() raises SC001 when a scan_id already unlocked another checkpoint.
 _STATES: pg.ErrorStates = {"SC001": _scan_id_reused}
 
-#: A batch failing with these is run again one unlock at a time: a reused
-#: scan_id (which one?), a race with a delete, a deadlock with another batch.
-_ALONE = frozenset({"SC001", "40001", "40P01"})
 #: A statement that lost to another transaction (deadlock, serialization) and
 #: was rolled back; run again up to _CONFLICT_ATTEMPTS times in all.
 _CONFLICTS = frozenset({"40001", "40P01"})
 _CONFLICT_ATTEMPTS = 3
+#: A batch failing with these is run again one unlock at a time: a reused
+#: scan_id (which one?), a race with a delete, a deadlock with another batch.
+_ALONE = _CONFLICTS | {"SC001"}
 
 
 def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
@@ -205,16 +204,16 @@ class ScoreStore:
         failure (with another replica's batch: the unlocks of a batch lock
         players' totals and first finds in arrival order) rolled the
         statement back whole, so it is run again, up to three times."""
-        for attempt in range(_CONFLICT_ATTEMPTS):
+        attempt = 1
+        while True:
             with _mapped("unlock"):
                 try:
-                    row = await self._pool.fetchrow(_UNLOCK, *unlock.args())
-                    return _outcome(row)
+                    return _outcome(await self._pool.fetchrow(_UNLOCK, *unlock.args()))
                 except asyncpg.PostgresError as exc:
-                    if exc.sqlstate not in _CONFLICTS or attempt + 1 == _CONFLICT_ATTEMPTS:
+                    if exc.sqlstate not in _CONFLICTS or attempt == _CONFLICT_ATTEMPTS:
                         raise
-            await asyncio.sleep(random.uniform(0.002, 0.01) * (attempt + 1))
-        raise AssertionError("unreachable")
+            await asyncio.sleep(backoff.exponential(attempt, base_s=0.003, cap_s=0.05, jitter=0.5))
+            attempt += 1
 
     async def score(self, hunt_id: str, player_id: str) -> Score:
         with _mapped("score"):
