@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # The faults that touch no Redis (a service killed, the leaderboard down, a
-# Postgres restart) run once, in the standalone pass: on clusters they would
+# Postgres restart, a replica lost) run once, in the standalone pass: on clusters they would
 # test the same code again and cost two minutes.
-CLUSTER_DESELECT := not kill- and not leaderboard-down and not postgres_restart
+CLUSTER_DESELECT := not kill- and not leaderboard-down and not postgres_restart and not replica
 
 .DEFAULT_GOAL := help
 .PHONY: help deps venv protos check-protos lint test test-unit up down status demo bench check clean
@@ -48,8 +48,8 @@ test: deps lint ## the whole suite on standalone Redis, then integration + e2e o
 test-unit: venv ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
 
-up: deps ## start Postgres, four Redis servers (CLUSTER=1: four Redis Clusters) and the four services
-	$(PY) -m tools.stack up $(if $(filter 1 yes true,$(CLUSTER)),--cluster)
+up: deps ## start Postgres, four Redis servers (CLUSTER=1: Redis Clusters) and the services (REPLICAS=2: two of each)
+	$(PY) -m tools.stack up $(if $(filter 1 yes true,$(CLUSTER)),--cluster) --replicas $(or $(REPLICAS),1)
 
 down: venv ## stop exactly what `make up` started
 	$(PY) -m tools.stack down

@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import json
 import math
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,11 +38,18 @@ from opentelemetry import propagate, trace
 
 from libs import backoff, errors
 from libs.auth import bearer_metadata
-from libs.config import ServiceSettings
+from libs.config import ServiceSettings, target_width
 from libs.rpc import envelope_classes
+
+#: Replicas: calls go round robin to those whose grpc.health.v1 status (the
+#: server's overall one, "") is SERVING; one that is starting, shutting down
+#: or gone gets none (libs.server sets NOT_SERVING before it stops). The
+#: service config of every channel to the services, the tools' too.
+BALANCING = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
 
 _SERVICE_CONFIG = json.dumps(
     {
+        **BALANCING,
         "methodConfig": [
             {
                 "name": [{}],
@@ -53,9 +61,12 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
+
+#: A multiplexed stream takes new calls for this long, then a new one does.
+STREAM_MAX_AGE_S = 30.0
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -81,8 +92,10 @@ def open_channel(
     tracer: trace.Tracer | None = None,
     token: str | None = None,
 ) -> PeerChannel:
-    """A channel to `target` (host:port) presenting `token` (default: the peer
-    token), with client spans from `tracer` (default: the global one)."""
+    """A channel to `target` (a gRPC target: host:port, an `ipv4:` list of
+    replicas or `dns:///name:port`; libs.config.peer_target) presenting `token`
+    (default: the peer token), with client spans from `tracer` (default: the
+    global one)."""
     options = channel_options(settings.max_message_bytes)
     tls = settings.tls
     if tls.client_enabled:
@@ -98,6 +111,7 @@ def open_channel(
         channel,
         bearer_metadata(settings.tokens.peer if token is None else token),
         tracer or trace.get_tracer(__name__),
+        target,
     )
 
 
@@ -106,18 +120,27 @@ class PeerChannel:
     are built on it as on any channel; everything else is the channel's."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]], tracer: trace.Tracer
+        self,
+        channel: grpc.aio.Channel,
+        metadata: Sequence[tuple[str, str]],
+        tracer: trace.Tracer,
+        target: str = "",
     ) -> None:
         self._channel = channel
         self._metadata = tuple(metadata)
         self._tracer = tracer
+        self.target = target
         self._multiplexers: list[Multiplexed] = []
 
-    def multiplexed(self, stream_method: str, unary_method: str) -> Multiplexed:
+    def multiplexed(
+        self, stream_method: str, unary_method: str, *, max_age_s: float = STREAM_MAX_AGE_S
+    ) -> Multiplexed:
         """Calls of `unary_method` carried on the server's multiplexed
         `stream_method` (full names, `/pkg.Service/Method`); called as a unary
-        stub method is (`request, timeout=`)."""
-        multiplexer = Multiplexed(self, stream_method, unary_method)
+        stub method is (`request, timeout=`). `max_age_s`: a stream takes no
+        new call after this long (a new one does), so calls spread again over
+        the replicas when one comes back."""
+        multiplexer = Multiplexed(self, stream_method, unary_method, max_age_s=max_age_s)
         self._multiplexers.append(multiplexer)
         return multiplexer
 
@@ -247,21 +270,29 @@ class _Broken(Exception):
 
 class _Stream:
     """One open stream of a `Multiplexed`: a writer task sends the envelopes
-    in order, a reader task hands each answer to its caller by id."""
+    in order, a reader task hands each answer to its caller by id. A retired
+    stream takes no new call: it half-closes once its envelopes are written,
+    and ends when the server has answered them."""
 
-    def __init__(self, call, on_end: Callable[[_Stream], None]) -> None:
+    def __init__(self, call, on_end: Callable[[_Stream], None], opened_at: float) -> None:
         self._call = call
         self._on_end = on_end
+        self.opened_at = opened_at
         self.pending: dict[int, asyncio.Future] = {}
         self._outbox: deque = deque()
         self._wake = asyncio.Event()
         self._ended = False
+        self._retired = False
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
     def send(self, envelope, future: asyncio.Future) -> None:
         self.pending[envelope.id] = future
         self._outbox.append(envelope)
+        self._wake.set()
+
+    def retire(self) -> None:
+        self._retired = True
         self._wake.set()
 
     async def _write(self) -> None:
@@ -271,6 +302,9 @@ class _Stream:
                 self._wake.clear()
                 while self._outbox:
                     await self._call.write(self._outbox.popleft())
+                if self._retired:
+                    await self._call.done_writing()
+                    return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -312,10 +346,24 @@ class _Stream:
 
 
 class Multiplexed:
-    """Calls of a unary method on one long-lived stream (see the module's
-    doc). The stream is opened by the first call and again after it broke."""
+    """Calls of a unary method on long-lived streams (see the module's doc).
 
-    def __init__(self, channel: PeerChannel, stream_method: str, unary_method: str) -> None:
+    One stream per replica the target names (its `ipv4:` list, or what its
+    `dns:` name resolves to, looked up again as streams are renewed): the
+    calls take the streams in turn, and each stream is opened as a new call,
+    which the channel's round robin places on the next SERVING replica. A
+    stream is opened by the first call of its turn, again after it broke, and
+    renewed after `max_age_s`, so calls spread over the replicas again when a
+    lost one comes back."""
+
+    def __init__(
+        self,
+        channel: PeerChannel,
+        stream_method: str,
+        unary_method: str,
+        *,
+        max_age_s: float = STREAM_MAX_AGE_S,
+    ) -> None:
         self._channel = channel
         self._unary = unary_method
         request_class, response_class = envelope_classes(stream_method)
@@ -325,8 +373,16 @@ class Multiplexed:
             request_serializer=request_class.SerializeToString,
             response_deserializer=response_class.FromString,
         )
-        self._stream: _Stream | None = None
+        self._max_age_s = max_age_s
+        self._streams: list[_Stream | None] = [None] * target_width(channel.target)
+        self._turns = itertools.count()
         self._ids = itertools.count(1)
+        self._dns = channel.target if channel.target.startswith("dns:") else ""
+        self._resolved_at = -math.inf
+        self._resolving: asyncio.Task[None] | None = None
+        # Connect to every replica now: a stream opened while only one of them
+        # is connected lands on it (and stays there until renewed).
+        channel._channel.get_state(try_to_connect=True)
 
     async def __call__(self, request, *, timeout: float | None = None):  # noqa: ASYNC109
         # (`timeout=`: called as a grpc stub method is)
@@ -353,11 +409,7 @@ class Multiplexed:
             )
 
     async def _once(self, request, traceparent: str, time_left: float | None):
-        stream = self._stream
-        if stream is None:
-            stream = self._stream = _Stream(
-                self._open_call(metadata=self._channel._metadata), self._ended
-            )
+        stream = self._next_stream()
         envelope = self._envelope(
             id=next(self._ids),
             request=request,
@@ -390,13 +442,51 @@ class Multiplexed:
             )
         return answer.response
 
+    def _next_stream(self) -> _Stream:
+        now = asyncio.get_running_loop().time()
+        turn = next(self._turns) % len(self._streams)
+        stream = self._streams[turn]
+        if stream is not None and now - stream.opened_at >= self._max_age_s:
+            self._streams[turn] = None
+            stream.retire()  # its calls are answered on it; new ones go to a new stream
+            stream = None
+        if stream is None:
+            stream = self._streams[turn] = _Stream(
+                self._open_call(metadata=self._channel._metadata), self._ended, now
+            )
+            if self._dns and now - self._resolved_at >= self._max_age_s and not self._resolving:
+                self._resolved_at = now
+                self._resolving = asyncio.ensure_future(self._resolve())
+        return stream
+
+    async def _resolve(self) -> None:
+        """As many streams as the `dns:` name has addresses now."""
+        try:
+            host, _, port = self._dns.rsplit("/", 1)[-1].rpartition(":")
+            found = await asyncio.get_running_loop().getaddrinfo(
+                host, port or None, type=socket.SOCK_STREAM
+            )
+            width = max(1, len({info[4][:2] for info in found}))
+        except OSError:
+            return  # gRPC's own resolver says what is wrong; keep the width
+        finally:
+            self._resolving = None
+        for stream in self._streams[width:]:
+            if stream is not None:
+                stream.retire()
+        self._streams = self._streams[:width] + [None] * (width - len(self._streams))
+
     def _ended(self, stream: _Stream) -> None:
-        if self._stream is stream:
-            self._stream = None
+        for turn, open_stream in enumerate(self._streams):
+            if open_stream is stream:
+                self._streams[turn] = None
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.end(_unavailable("the channel was closed"))
+        for stream in self._streams:
+            if stream is not None:
+                stream.end(_unavailable("the channel was closed"))
+        if self._resolving is not None:
+            self._resolving.cancel()
 
 
 def _unavailable(details: str) -> grpc.aio.AioRpcError:

@@ -8,6 +8,7 @@ Only a service's `config.py` (and `__main__.py`) call these.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +109,19 @@ class Env:
             return ()
         return tuple(item.strip() for item in value.split(",") if item.strip())
 
+    def target(self, name: _Str) -> _Str:
+        """A peer's address as a gRPC channel target (`peer_target`): one
+        `host:port`, several IP `host:port`s separated by commas (replicas),
+        or a gRPC target with its scheme, such as `dns:///geo.hunt.svc:50054`."""
+        value = self._raw(name, _REQUIRED)
+        if value is None:
+            return ""
+        try:
+            return peer_target(value)
+        except ValueError as exc:
+            self._problems.append(f"{name}: {exc}")
+            return ""
+
     def _check_range(
         self, name: _Str, number: _Float, low: _Float | None, high: _Float | None
     ) -> None:
@@ -125,6 +139,53 @@ class Env:
         if self._problems:
             lines = "\n".join(f"  - {p}" for p in self._problems)
             raise ConfigError(f"invalid configuration:\n{lines}")
+
+
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+
+def peer_target(addresses: _Str) -> _Str:
+    """The gRPC target of a `<PEER>_SERVICE_ADDR`. A list of replicas
+    (`10.0.0.1:50054,10.0.0.2:50054`) becomes gRPC's `ipv4:` (or `ipv6:`)
+    list, which the channel balances round robin; gRPC lists take IP
+    addresses only, so a host name in a list is refused (one name that
+    resolves to every replica is `dns:///name:port`)."""
+    value = addresses.strip()
+    if value.startswith(_SCHEMES):
+        return value
+    parts = [part.strip() for part in value.split(",")]
+    if any(not part for part in parts):
+        raise ValueError(f"an empty address in {value!r}")
+    if len(parts) == 1:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+    families = {_ip_family(part) for part in parts}
+    if len(families) != 1:
+        raise ValueError(f"a list mixes IPv4 and IPv6 addresses: {value!r}")
+    return f"{families.pop()}:{','.join(parts)}"
+
+
+def _ip_family(address: _Str) -> _Str:
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"expected ip:port, got {address!r}")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(
+            f"a list of replicas takes IP addresses ({address!r} is not one); "
+            "for a name that resolves to every replica use dns:///name:port"
+        ) from None
+    return "ipv4" if ip.version == 4 else "ipv6"
+
+
+def target_width(target: _Str) -> int:
+    """How many replicas a target lists (1 unless an `ipv4:`/`ipv6:` list)."""
+    if target.startswith(("ipv4:", "ipv6:")):
+        return target.count(",") + 1
+    return 1
 
 
 @dataclass(frozen=True)

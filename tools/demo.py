@@ -32,7 +32,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.auth import bearer_metadata
 from libs.geometry import distance_m
-from tools.huntctl import Ctl, load_hunt_file
+from tools.huntctl import Ctl, client_channel, default_addr, load_hunt_file
 from tools.stats import Recorder
 from treasure.common.v1 import common_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
@@ -168,7 +168,7 @@ class Festival:
         self.recorder.record(time.perf_counter() - started, label or outcome)
 
     async def watch(self) -> None:
-        async with grpc.aio.insecure_channel(self.args.leaderboard_addr) as channel:
+        async with client_channel(self.args.leaderboard_addr) as channel:
             stub = leaderboard_pb2_grpc.LeaderboardServiceStub(channel)
             while not self.stop.is_set():
                 try:
@@ -204,7 +204,7 @@ class Festival:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
-        async with grpc.aio.insecure_channel(self.args.scan_addr) as channel:
+        async with client_channel(self.args.scan_addr) as channel:
             stub = scan_pb2_grpc.ScanServiceStub(channel)
             watcher = asyncio.ensure_future(self.watch())
             players = [
@@ -265,9 +265,10 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=200)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--hunt-file", default=str(HUNT_FILE))
-    parser.add_argument("--scan-addr", default="127.0.0.1:50051")
-    parser.add_argument("--geo-addr", default="127.0.0.1:50054")
-    parser.add_argument("--leaderboard-addr", default="127.0.0.1:50053")
+    # Every replica `make up` started (huntctl.default_addr); the calls are balanced over them.
+    parser.add_argument("--scan-addr", default=default_addr("scan"))
+    parser.add_argument("--geo-addr", default=default_addr("geo"))
+    parser.add_argument("--leaderboard-addr", default=default_addr("leaderboard"))
     parser.add_argument("--client-token", default="local-client-token")
     parser.add_argument("--admin-token", default="local-admin-token")
     args = parser.parse_args()

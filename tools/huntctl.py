@@ -33,6 +33,8 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.auth import bearer_metadata
+from libs.channels import BALANCING
+from libs.config import peer_target
 from treasure.common.v1 import common_pb2
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 from treasure.leaderboard.v1 import leaderboard_pb2, leaderboard_pb2_grpc
@@ -44,6 +46,36 @@ DEFAULT_ADDRS = {
     "geo": "127.0.0.1:50054",
 }
 TIMEOUT_S = 10.0
+#: Written by `make up`: the local stack's settings, its replicas' addresses included.
+STACK_ENV = Path(__file__).resolve().parents[1] / ".run" / "stack.env"
+
+
+def default_addr(service: str) -> str:
+    """$<SERVICE>_SERVICE_ADDR, else what `make up` wrote (every replica it
+    started), else the local stack's first port."""
+    name = f"{service.upper()}_SERVICE_ADDR"
+    if os.environ.get(name):
+        return os.environ[name]
+    if STACK_ENV.exists():
+        for line in STACK_ENV.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == name and value:
+                return value
+    return DEFAULT_ADDRS[service]
+
+
+def client_channel(addresses: str) -> grpc.aio.Channel:
+    """A channel to a service: one address, a list of its replicas or a
+    `dns:///` name (libs.config.peer_target), balanced over those SERVING."""
+    try:
+        target = peer_target(addresses)
+    except ValueError as exc:
+        raise SystemExit(f"huntctl: {exc}") from None
+    return grpc.aio.insecure_channel(
+        target, options=[("grpc.service_config", json.dumps(BALANCING))]
+    )
+
+
 _STATUS = {"draft": geo_pb2.HUNT_STATUS_DRAFT, "published": geo_pb2.HUNT_STATUS_PUBLISHED,
            "cancelled": geo_pb2.HUNT_STATUS_CANCELLED}  # fmt: skip
 
@@ -151,9 +183,7 @@ class Ctl:
 
     def channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
-            self._channels[service] = grpc.aio.insecure_channel(
-                getattr(self.args, f"{service}_addr")
-            )
+            self._channels[service] = client_channel(getattr(self.args, f"{service}_addr"))
         return self._channels[service]
 
     async def close(self) -> None:
@@ -361,8 +391,9 @@ def parser() -> argparse.ArgumentParser:
                      help="bearer token (default: $HUNTCTL_TOKEN)")  # fmt: skip
     for service, addr in DEFAULT_ADDRS.items():
         env = f"{service.upper()}_SERVICE_ADDR"
-        top.add_argument(f"--{service}-addr", default=os.environ.get(env, addr),
-                         help=f"{service} service host:port (default: ${env} or {addr})")  # fmt: skip
+        top.add_argument(f"--{service}-addr", default=default_addr(service),
+                         help=f"{service} service host:port, or its replicas' list "
+                              f"(default: ${env}, else what `make up` started, else {addr})")  # fmt: skip
     top.add_argument("--json", action="store_true", help="print JSON instead of a table")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

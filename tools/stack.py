@@ -33,6 +33,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs import pg
+from libs.channels import BALANCING
+from libs.config import peer_target
 from tools import localinfra
 from tools.localinfra import (
     InfraError,
@@ -82,12 +84,19 @@ TOKENS = {
 SHORT_LIVED = {"SHUTDOWN_GRACE_S": "3", "STARTUP_TIMEOUT_S": "20", "LOG_LEVEL": "INFO"}
 
 #: Channels to the stack reconnect at once when a service comes back (gRPC's
-#: default reconnect backoff grows to minutes; a caller must not wait on it).
+#: default reconnect backoff grows to minutes; a caller must not wait on it),
+#: and balance over a service's replicas as the services' own channels do:
+#: round robin over those that report SERVING.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.service_config", json.dumps(BALANCING)),
 ]
+#: `make up REPLICAS=N`: replica i (from 2) of a service listens 10 * (i - 1)
+#: above the first one's gRPC and metrics ports.
+REPLICA_PORT_STEP = 10
+MAX_REPLICAS = 9
 
 
 def cluster_ports(name: str) -> list[int]:
@@ -101,16 +110,18 @@ def stack_env(
     grpc_ports: Mapping[str, int],
     metrics_ports: Mapping[str, int],
     redis_urls: Mapping[str, str],
+    peers: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Every setting of the four services in a local stack: tokens, where each
-    listens, its Redis, its peers' addresses and (but the leaderboard) Postgres."""
+    listens, its Redis, its peers' addresses (`peers`: each service's address
+    list, when it runs as replicas) and (but the leaderboard) Postgres."""
     env = dict(TOKENS)
     for name in ORDER:
         prefix = name.upper()
         env[f"{prefix}_GRPC_LISTEN"] = f"127.0.0.1:{grpc_ports[name]}"
         env[f"{prefix}_METRICS_LISTEN"] = f"127.0.0.1:{metrics_ports[name]}"
         env[f"{prefix}_REDIS_URL"] = redis_urls[name]
-        env[f"{prefix}_SERVICE_ADDR"] = f"127.0.0.1:{grpc_ports[name]}"
+        env[f"{prefix}_SERVICE_ADDR"] = (peers or {}).get(name) or f"127.0.0.1:{grpc_ports[name]}"
         if name in WITH_PG:
             env[f"{prefix}_PG_DSN"] = pg_dsn
     return env
@@ -168,6 +179,9 @@ class Stack:
     """The four services as processes, each on its own Redis, on the Postgres
     database `pg_dsn`; files (logs, Redis dirs) under `workdir`.
 
+    `replicas`: processes of each service, each on its own ports; the first
+    is named as its service ("geo"), the others "geo-2", ... (`instances`),
+    and every caller is given all of them (`target`).
     `fixed_ports`: the ports `make up` serves on (FIXED_PORTS, cluster_ports);
     else free ones, chosen once the Redis servers hold theirs (a port picked
     earlier is not bound yet, and a cluster node could pick it too).
@@ -189,8 +203,12 @@ class Stack:
         cluster: bool = False,
         detach: bool = False,
         logs: Path | None = None,
+        replicas: int = 1,
         **extra_env: str,
     ) -> None:
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be 1 to {MAX_REPLICAS}, got {replicas}")
+        self.replicas = replicas
         self.workdir = workdir
         self.pg_dsn = pg_dsn
         self.fixed_ports = fixed_ports
@@ -202,13 +220,31 @@ class Stack:
         self.ports: dict[str, int] = {}
         self.metrics_ports: dict[str, int] = {}
         if fixed_ports:
-            self.ports = {name: FIXED_PORTS[name][0] for name in ORDER}
-            self.metrics_ports = {name: FIXED_PORTS[name][1] for name in ORDER}
+            for name in ORDER:
+                for i, instance in enumerate(self.instances(name)):
+                    self.ports[instance] = FIXED_PORTS[name][0] + i * REPLICA_PORT_STEP
+                    self.metrics_ports[instance] = FIXED_PORTS[name][1] + i * REPLICA_PORT_STEP
         self.processes: dict[str, subprocess.Popen] = {}
         self._channels: list[grpc.aio.Channel] = []
 
+    def instances(self, service: str) -> list[str]:
+        """The names of a service's processes: "geo", then "geo-2", ..."""
+        return [service, *(f"{service}-{i}" for i in range(2, self.replicas + 1))]
+
+    def all_instances(self) -> list[str]:
+        return [instance for name in ORDER for instance in self.instances(name)]
+
+    @staticmethod
+    def service_of(instance: str) -> str:
+        return instance if instance in FIXED_PORTS else instance.rsplit("-", 1)[0]
+
     def addr(self, service: str) -> str:
+        """The address of one process: a service's first replica, or a replica by name."""
         return f"127.0.0.1:{self.ports[service]}"
+
+    def target(self, service: str) -> str:
+        """The gRPC target of every replica of a service (what its callers get)."""
+        return peer_target(",".join(self.addr(i) for i in self.instances(service)))
 
     def redis_ports(self, name: str) -> list[int] | None:
         """The port(s) a service's Redis is to listen on; None: free ones."""
@@ -225,10 +261,20 @@ class Stack:
         scheme = "redis+cluster" if self.cluster else "redis"
         return f"{scheme}://127.0.0.1:{ports[0]}" + ("" if self.cluster else "/0")
 
-    def env(self) -> dict[str, str]:
+    def env(self, instance: str | None = None) -> dict[str, str]:
+        """The settings of the stack's services; with `instance`, of that
+        process (its own listen ports)."""
         env = stack_env(
-            self.pg_dsn, self.ports, self.metrics_ports, {n: self.redis_url(n) for n in ORDER}
+            self.pg_dsn,
+            self.ports,
+            self.metrics_ports,
+            {n: self.redis_url(n) for n in ORDER},
+            {n: self.target(n) for n in ORDER} if self.replicas > 1 else None,
         )
+        if instance is not None:
+            prefix = self.service_of(instance).upper()
+            env[f"{prefix}_GRPC_LISTEN"] = self.addr(instance)
+            env[f"{prefix}_METRICS_LISTEN"] = f"127.0.0.1:{self.metrics_ports[instance]}"
         if not self.detach:
             env.update(SHORT_LIVED)
         env.update(self.extra_env)
@@ -259,25 +305,35 @@ class Stack:
             if isinstance(failed, BaseException):
                 raise failed  # stop() stops whatever did start
         if not self.fixed_ports:
-            ports = free_ports(2 * len(ORDER))
-            self.ports = dict(zip(ORDER, ports[: len(ORDER)], strict=True))
-            self.metrics_ports = dict(zip(ORDER, ports[len(ORDER) :], strict=True))
-        for name in ORDER:
-            self.spawn(name)
+            instances = self.all_instances()
+            ports = free_ports(2 * len(instances))
+            self.ports = dict(zip(instances, ports[: len(instances)], strict=True))
+            self.metrics_ports = dict(zip(instances, ports[len(instances) :], strict=True))
+        for instance in self.all_instances():
+            self.spawn(instance)
         await self.wait_serving()
         return self
 
-    def spawn(self, name: str) -> subprocess.Popen:
-        """Starts a service's process (it runs until stopped or killed)."""
+    def spawn(self, instance: str) -> subprocess.Popen:
+        """Starts a service's process, or one replica's by name (it runs until
+        stopped or killed); its log is `<instance>.log`."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        process = spawn(name, self.env(), self.logs / f"{name}.log", detach=self.detach)
-        self.processes[name] = process
+        process = spawn(
+            self.service_of(instance),
+            self.env(instance),
+            self.logs / f"{instance}.log",
+            detach=self.detach,
+        )
+        self.processes[instance] = process
         return process
 
-    async def wait_serving(self, names: Iterable[str] = ORDER, timeout_s: float = 30.0) -> None:
-        """Returns once each of `names` is SERVING; else raises TimeoutError
-        saying, for each that is not, its exit status and the end of its log."""
-        names = list(names)
+    async def wait_serving(
+        self, names: Iterable[str] | None = None, timeout_s: float = 30.0
+    ) -> None:
+        """Returns once each of `names` (processes; default: all) is SERVING;
+        else raises TimeoutError saying, for each that is not, its exit status
+        and the end of its log."""
+        names = list(self.all_instances() if names is None else names)
         ready = await asyncio.gather(
             *(localinfra.wait_serving(self.addr(name), timeout_s) for name in names)
         )
@@ -336,7 +392,7 @@ class Stack:
     async def health(self, timeout_s: float = 2.0) -> dict[str, str]:
         """Each service's grpc.health.v1 status (or the error) right now."""
         statuses: dict[str, str] = {}
-        for name in ORDER:
+        for name in self.all_instances():
             async with grpc.aio.insecure_channel(self.addr(name)) as channel:
                 try:
                     reply = await health_pb2_grpc.HealthStub(channel).Check(
@@ -356,8 +412,10 @@ class Stack:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
     def channel(self, service: str) -> grpc.aio.Channel:
-        """A channel to a service, closed by `stop()`."""
-        channel = grpc.aio.insecure_channel(self.addr(service), options=CHANNEL_OPTIONS)
+        """A channel to every replica of a service (or to one process, by its
+        instance name), closed by `stop()`."""
+        target = self.target(service) if service in FIXED_PORTS else self.addr(service)
+        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._channels.append(channel)
         return channel
 
@@ -378,7 +436,7 @@ class Stack:
         servers; removes `workdir` unless `keep_files`."""
         for channel in self._channels:
             await channel.close()
-        for name in reversed(ORDER):
+        for name in reversed(self.all_instances()):
             process = self.processes.get(name)
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -449,7 +507,15 @@ def up(args: argparse.Namespace) -> int:
         (RUN / "private-pg").write_text(str(private.datadir))
         print(f"  started a private Postgres in {private.datadir} on port {private.port}")
     dsn = asyncio.run(create_database(admin_dsn, DATABASE, keep_existing=True))
-    stack = Stack(RUN, dsn, fixed_ports=True, cluster=args.cluster, detach=True, logs=LOGS)
+    stack = Stack(
+        RUN,
+        dsn,
+        fixed_ports=True,
+        cluster=args.cluster,
+        detach=True,
+        logs=LOGS,
+        replicas=args.replicas,
+    )
     env = stack.env()
     (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
 
@@ -464,9 +530,9 @@ def up(args: argparse.Namespace) -> int:
         if applied:
             print(f"  migrated {name}: {applied}")
 
-    for name in ORDER:
-        if not _pid_of(name):
-            _record(name, stack.spawn(name).pid)
+    for instance in stack.all_instances():
+        if not _pid_of(instance):
+            _record(instance, stack.spawn(instance).pid)
 
     try:
         asyncio.run(stack.wait_serving(timeout_s=args.timeout))
@@ -475,6 +541,14 @@ def up(args: argparse.Namespace) -> int:
         return 1
     _print_summary(stack, env)
     return 0
+
+
+def _service_names() -> list[str]:
+    """Every process name `up` may have recorded, replicas included."""
+    return [
+        *ORDER,
+        *(f"{n}-{i}" for n in ORDER for i in range(2, MAX_REPLICAS + 1)),
+    ]
 
 
 def _redis_names() -> list[str]:
@@ -486,12 +560,17 @@ def _redis_names() -> list[str]:
 
 def _print_summary(stack: Stack, env: dict[str, str]) -> None:
     print("\nTreasure Hunt Engine is up.\n")
-    print(f"  {'service':<12} {'gRPC':<17} {'metrics':<22} {'redis':<24} log")
-    for name in ORDER:
+    print(f"  {'service':<14} {'gRPC':<17} {'metrics':<22} {'redis':<24} log")
+    for name in stack.all_instances():
+        redis = env[stack.service_of(name).upper() + "_REDIS_URL"]
         print(
-            f"  {name:<12} {stack.addr(name):<17} http://127.0.0.1:{stack.metrics_ports[name]}/metrics"
-            f"  {env[name.upper() + '_REDIS_URL']:<30}  .run/logs/{name}.log"
+            f"  {name:<14} {stack.addr(name):<17} http://127.0.0.1:{stack.metrics_ports[name]}/metrics"
+            f"  {redis:<30}  .run/logs/{name}.log"
         )
+    if stack.replicas > 1:
+        print("\n  callers balance over the replicas (round robin, SERVING only):")
+        for name in ORDER:
+            print(f"    {name.upper()}_SERVICE_ADDR={stack.target(name)}")
     print(f"\n  postgres: {stack.pg_dsn}")
     print(
         "  tokens (local stack only): "
@@ -502,7 +581,7 @@ def _print_summary(stack: Stack, env: dict[str, str]) -> None:
 
 def down(_args: argparse.Namespace) -> int:
     stopped = []
-    for name in [*reversed(ORDER), *_redis_names()]:
+    for name in [*reversed(_service_names()), *_redis_names()]:
         path = PIDS / f"{name}.pid"
         pid = _pid_of(name)
         if pid is not None:
@@ -521,7 +600,9 @@ def down(_args: argparse.Namespace) -> int:
 def status(_args: argparse.Namespace) -> int:
     """The pid of each part of the stack; exit 0 only when every part runs."""
     rows = {
-        name: _pid_of(name) for name in [*ORDER, *_redis_names()] if (PIDS / f"{name}.pid").exists()
+        name: _pid_of(name)
+        for name in [*_service_names(), *_redis_names()]
+        if (PIDS / f"{name}.pid").exists()
     }
     if not rows:
         print("nothing runs (`make up` starts the stack)")
@@ -541,6 +622,14 @@ def main() -> None:
     )
     up_parser.add_argument(
         "--cluster", action="store_true", help="a 3-master Redis Cluster per service"
+    )
+    up_parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=range(1, MAX_REPLICAS + 1),
+        metavar="N",
+        help=f"processes of each service, each on its own ports (1 to {MAX_REPLICAS})",
     )
     up_parser.set_defaults(run=up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=down)

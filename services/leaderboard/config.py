@@ -44,8 +44,8 @@ class LeaderboardConfig:
         config = cls(
             common=common,
             redis_url=env.str("LEADERBOARD_REDIS_URL"),
-            score_addr=env.str("SCORE_SERVICE_ADDR"),
-            geo_addr=env.str("GEO_SERVICE_ADDR"),
+            score_addr=env.target("SCORE_SERVICE_ADDR"),
+            geo_addr=env.target("GEO_SERVICE_ADDR"),
             top_cache_ms=env.int("LEADERBOARD_TOP_CACHE_MS", cls.top_cache_ms, min=1, max=250),
             top_cache_entries=env.int(
                 "LEADERBOARD_TOP_CACHE_ENTRIES", cls.top_cache_entries, min=1, max=1_000_000

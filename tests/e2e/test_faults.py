@@ -45,9 +45,13 @@ from tests.support import faults
 from tests.support.faults import ScanLoad, account, board_converged, wait_drained
 from tests.support.hunts import create_hunt, spots
 from tests.support.infra import RUN_DIR
+from tests.support.polling import eventually
+from tests.support.services import scrape_metrics
 from tests.support.stack import CLIENT, Stack
-from tools.localinfra import PrivatePostgres, create_database, free_port
+from tools.localinfra import PrivatePostgres, create_database, free_port, throwaway_database
 from tools.verify import verify
+from treasure.leaderboard.v1 import leaderboard_pb2_grpc
+from treasure.scan.v1 import scan_pb2
 
 # Every wait below is bounded; the sum of the bounds stays under this, so a
 # broken promise fails with its message, not with a timeout.
@@ -65,6 +69,10 @@ AFTER_S = 1.0  # load after the heal
 DOWN_S = 1.0  # how long a killed service, a stopped Redis or Postgres stays down
 LEADERBOARD_DOWN_S = 30.0
 CONVERGE_S = 5.0  # the promise: the board equals Postgres this soon after the heal
+REPLICA_DOWN_S = 3.0  # how long one of two replicas stays dead
+#: A lost replica may cost the scans it held: at most this many seconds' worth
+#: of the load are retried or deferred (alone, a dead service costs all of them).
+CONTAINED = 0.25
 FILL_MAXMEMORY = 16 * 1024 * 1024  # CONFIG SET for the fill (the configs say 256mb)
 TABLE_PATH = RUN_DIR / "faults.md"
 
@@ -76,7 +84,8 @@ class Fault:
     replaces (its pid changes; every other pid must not). `shows`: how the
     clients must have felt it ("retried": calls failed and were sent again;
     "deferred": scans acknowledged as recorded, applied later), proof that the
-    fault hit the load. `empties`: the Redis the fault emptied, which the
+    fault hit the load; "contained": hardly (a replica lost, the other one
+    serving: at most the scans in flight on it were retried or deferred). `empties`: the Redis the fault emptied, which the
     service must be writing again afterwards (it reconnected by itself)."""
 
     id: str
@@ -184,7 +193,7 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
         probe = f"capacity-{uuid.uuid4().hex[:8]}"
         probe_spots = spots(probe, 1, spacing_m=faults.SPACING_M)
         await create_hunt(stack.geo(), probe, probe_spots)
-        rate = fault.overload_x * await faults.capacity(stack.addr("scan"), probe, probe_spots[0])
+        rate = fault.overload_x * await faults.capacity(stack.target("scan"), probe, probe_spots[0])
     players, checkpoints = faults.plan(rate, WARMUP_S + fault.seconds + AFTER_S)
     cps = spots(hunt_id, checkpoints, spacing_m=faults.SPACING_M)
     await create_hunt(stack.geo(), hunt_id, cps)
@@ -202,7 +211,7 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
         phases[name] = round(now - clock, 2)
         clock = now
 
-    load = ScanLoad(stack.addr("scan"), hunt_id, cps, player_ids, rate=rate).start()
+    load = ScanLoad(stack.target("scan"), hunt_id, cps, player_ids, rate=rate).start()
     await asyncio.sleep(WARMUP_S)
     pressure: asyncio.Task[None] | None = None
     release = asyncio.Event()
@@ -272,6 +281,11 @@ async def run_fault(stack: Stack, db: asyncpg.Pool, dsn: str, fault: Fault) -> l
         problems.append("the fault hit no call: no scan was retried")
     if fault.shows == "deferred" and not load.deferred:
         problems.append("the fault hit no scan in flight: none was deferred")
+    if fault.shows == "contained" and load.retried + load.deferred > CONTAINED * rate:
+        problems.append(
+            f"an error burst past the lost replica's calls: {load.retried} scans retried, "
+            f"{load.deferred} deferred at {rate:g}/s ({dict(load.errors_seen)})"
+        )
     exited = stack.exited()
     replaced = {n for n, pid in stack.pids().items() if pid != pids_before[n]}
     if exited:
@@ -355,6 +369,103 @@ async def test_fault(fault: Fault, stack: Stack, db: asyncpg.Pool, stack_dsn: st
         if fault.fills:
             await stack.restore_maxmemory(fault.fills)
     assert not problems, problems
+
+
+# -- one of two replicas lost ---------------------------------------------------------
+
+
+def kill_replica(name: str) -> Fault:
+    """kill -9 of one of a service's two processes: the other one serves
+    alone (the callers' channels route around the dead one) until a
+    supervisor has started it again."""
+
+    async def inject(stack: Stack) -> dict:
+        served = await asyncio.to_thread(_calls_served, stack, f"{name}-2")
+        if not served:
+            raise AssertionError(f"{name}-2 served no call before the kill: nothing was balanced")
+        stack.kill(f"{name}-2")
+        await asyncio.sleep(REPLICA_DOWN_S / 2)
+        survivor = (await stack.health())[name]
+        await asyncio.sleep(REPLICA_DOWN_S / 2)
+        await stack.restart(f"{name}-2")
+        if survivor != "SERVING":
+            raise AssertionError(f"the {name} left alone was {survivor}, not SERVING")
+        return {"served_before_kill": served, "survivor": survivor}
+
+    return Fault(
+        f"kill-replica-{name}",
+        f"kill -9 one of two {name}s",
+        inject,
+        seconds=REPLICA_DOWN_S + 3.0,
+        restarts=f"{name}-2",
+        shows="contained",
+    )
+
+
+def _calls_served(stack: Stack, instance: str) -> int:
+    """Calls a process answered (its server histogram's count, health checks aside)."""
+    return int(
+        sum(
+            value
+            for sample, value in scrape_metrics(stack.metrics_ports[instance]).items()
+            if sample.startswith("rpc_server_duration_seconds_count")
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+async def replica_stack(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[tuple[Stack, str]]:
+    """Two processes of every service, on a database of their own."""
+    name = f"thtest_replicas_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    async with throwaway_database(pg_admin_dsn, name, template=pg_template) as dsn:
+        stack = Stack(RUN_DIR / f"replicas-{os.getpid()}", dsn, replicas=2, **STACK_ENV)
+        try:
+            await stack.start()
+            yield stack, dsn
+        finally:
+            await stack.stop()
+
+
+@pytest.mark.parametrize("fault", [kill_replica(name) for name in SERVICES], ids=lambda f: f.id)
+async def test_replica_loss(fault: Fault, replica_stack):
+    stack, dsn = replica_stack
+    db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            problems = await run_fault(stack, db, dsn, fault)
+    finally:
+        await db.close()
+    assert not problems, problems
+
+
+async def test_watchers_of_a_lost_replica_move_to_the_other(replica_stack):
+    """WatchTop clients on both leaderboards; one leaderboard killed: its
+    watchers' streams end, they watch again (the same channel, which routes
+    to the live one), and every watcher sees the next scan's score."""
+    stack, _ = replica_stack
+    hunt_id = f"watch-{uuid.uuid4().hex[:8]}"
+    cps = spots(hunt_id, 2, spacing_m=faults.SPACING_M)
+    await create_hunt(stack.geo(), hunt_id, cps)
+    board = leaderboard_pb2_grpc.LeaderboardServiceStub(stack.channel("leaderboard"))
+    watchers = [faults.Watcher(board, hunt_id, CLIENT) for _ in range(4)]
+    for watcher in watchers:  # one after another: round robin puts them on both replicas
+        watcher.start()
+        await watcher.first.wait()
+    try:
+        stack.kill("leaderboard-2")
+        scan = await faults.scan_once(stack.target("scan"), hunt_id, cps[0], "p-watch")
+        assert scan.outcome == scan_pb2.SCAN_OUTCOME_UNLOCKED
+        await eventually(
+            lambda: all(w.score_of("p-watch") == scan.total_points for w in watchers),
+            timeout_s=10,
+            what="every watcher, the moved ones included, to see the scan's score",
+        )
+        moved = sum(w.reconnects for w in watchers)
+        assert moved, "no watcher was on the killed leaderboard: the test proved nothing"
+    finally:
+        for watcher in watchers:
+            await watcher.stop()
+        await stack.restart("leaderboard-2")
 
 
 # -- a Postgres restart, on a Postgres of the test's own ----------------------------

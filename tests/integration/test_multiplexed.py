@@ -10,17 +10,19 @@ import asyncio
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from libs import errors
 from libs.channels import open_channel
-from libs.config import Env, ServiceSettings
+from libs.config import Env, ServiceSettings, peer_target
 from libs.server import Binding, Runtime
 from services.geo.client import CHECK_IN, CHECK_IN_STREAM
 from services.geo.server import MULTIPLEXED, ROLES
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN
+from tests.support.polling import eventually
 from tests.support.rpcerrors import bad_fields, error_info, retry_info
 from tools.inprocess import service_env
 from tools.localinfra import free_port
@@ -212,3 +214,69 @@ async def test_a_broken_stream_is_replaced_by_a_new_one():
     finally:
         await channel.close()
         await runtime.close()
+
+
+# -- replicas: one stream per replica, none to one that is not SERVING -------------
+
+
+async def test_calls_spread_over_replicas_and_avoid_one_not_serving():
+    """Two servers behind one channel (an `ipv4:` list): the multiplexed calls
+    go to both; once one reports NOT_SERVING (as at shutdown) its stream
+    drains and every new call goes to the other, and once it serves again and
+    the streams are renewed (max age) calls reach it again."""
+    first, second = Echoing(), Echoing()
+    runtimes = [await _serve(first), await _serve(second)]
+    target = peer_target(",".join(f"127.0.0.1:{r.port}" for r in runtimes))
+    channel = open_channel(target, _settings("SCAN"), None, SERVICE_TOKEN)
+    try:
+        check_in = channel.multiplexed(CHECK_IN_STREAM, CHECK_IN, max_age_s=0.3)
+
+        async def calls(n: int) -> tuple[int, int]:
+            before = (first.calls, second.calls)
+            answers = await asyncio.gather(
+                *(check_in(_request(f"n-{k}"), timeout=5) for k in range(n))
+            )
+            assert [a.distance_m for a in answers] == [float(k) for k in range(n)]
+            return first.calls - before[0], second.calls - before[1]
+
+        async def spread() -> tuple[int, int]:
+            return await calls(40)
+
+        await eventually(spread, until=lambda got: min(got) > 0, what="calls on both replicas")
+        await runtimes[1]._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(0.4)  # past max age: the streams are renewed on the next calls
+        await calls(20)
+        assert (await calls(100))[1] == 0, "a replica not SERVING was given calls"
+        await runtimes[1]._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await eventually(spread, until=lambda got: min(got) > 0, what="calls back on both")
+    finally:
+        await channel.close()
+        for runtime in runtimes:
+            await runtime.close()
+
+
+async def test_a_killed_replica_costs_no_call():
+    """A replica that goes away mid-load: the calls on its stream are sent
+    again on the other one; none fails."""
+    first, second = Echoing(), Echoing()
+    runtimes = [await _serve(first), await _serve(second)]
+    target = peer_target(",".join(f"127.0.0.1:{r.port}" for r in runtimes))
+    channel = open_channel(target, _settings("SCAN"), None, SERVICE_TOKEN)
+    try:
+        check_in = channel.multiplexed(CHECK_IN_STREAM, CHECK_IN, max_age_s=0.3)
+
+        async def both() -> bool:
+            await asyncio.gather(*(check_in(_request("n-1"), timeout=5) for _ in range(40)))
+            return bool(first.calls and second.calls)
+
+        await eventually(both, what="calls on both replicas")
+        load = [asyncio.ensure_future(check_in(_request("slow-50"), timeout=5)) for _ in range(100)]
+        await asyncio.sleep(0.02)
+        await runtimes[1]._server.stop(0)  # gone at once: its calls in flight are cut
+        answers = await asyncio.gather(*load)
+        assert [a.distance_m for a in answers] == [50.0] * 100
+        assert second.cancelled, "no call was in flight on the replica that went away"
+    finally:
+        await channel.close()
+        for runtime in runtimes:
+            await runtime.close()

@@ -27,6 +27,7 @@ tier) against them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -120,6 +121,83 @@ async def capacity(
     finally:
         await channel.close()
     return answered / seconds
+
+
+async def scan_once(
+    target: str, hunt_id: str, spot: Spot, player_id: str
+) -> scan_pb2.SubmitScanResponse:
+    """One scan of `spot` by `player_id`, retried with its key as a client would."""
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    request = scan_pb2.SubmitScanRequest(
+        player_id=player_id,
+        hunt_id=hunt_id,
+        tag_id=spot.tag_id,
+        location=common_pb2.GeoPoint(lat=spot.lat, lon=spot.lon),
+        accuracy_m=ACCURACY_M,
+        scanned_at=timestamp(datetime.now(UTC)),
+        client_scan_id=uuid.uuid4().hex,
+    )
+    try:
+        for attempt in range(20):
+            try:
+                return await scan_pb2_grpc.ScanServiceStub(channel).SubmitScan(
+                    request, metadata=CLIENT, timeout=2.0
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in RETRYABLE or attempt == 19:
+                    raise
+                await asyncio.sleep(0.1)
+        raise AssertionError("unreachable")
+    finally:
+        await channel.close()
+
+
+class Watcher:
+    """A WatchTop client that, like a real one, watches again when its
+    stream ends (its leaderboard went away): the latest board it saw, and
+    how often it had to reconnect."""
+
+    def __init__(
+        self,
+        board: leaderboard_pb2_grpc.LeaderboardServiceStub,
+        hunt_id: str,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> None:
+        self._board = board
+        self._hunt_id = hunt_id
+        self._metadata = metadata
+        self.scores: dict[str, int] = {}
+        self.reconnects = 0
+        self.first = asyncio.Event()  # set by the first update
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    def score_of(self, player_id: str) -> int | None:
+        return self.scores.get(player_id)
+
+    async def _watch(self) -> None:
+        while True:
+            call = self._board.WatchTop(
+                leaderboard_pb2.WatchTopRequest(hunt_id=self._hunt_id, limit=100),
+                metadata=self._metadata,
+            )
+            try:
+                async for update in call:
+                    self.scores = {e.player_id: e.total_points for e in update.entries}
+                    self.first.set()
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+            self.reconnects += 1
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class ScanLoad:

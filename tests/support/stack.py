@@ -35,8 +35,8 @@ class Fill:
 class Stack(stack.Stack):
     """tools.stack.Stack as the e2e tests run it, with the fault suite's helpers."""
 
-    def __init__(self, workdir: Path, pg_dsn: str, **extra_env: str) -> None:
-        super().__init__(workdir, pg_dsn, cluster=cluster_mode(), **extra_env)
+    def __init__(self, workdir: Path, pg_dsn: str, *, replicas: int = 1, **extra_env: str) -> None:
+        super().__init__(workdir, pg_dsn, cluster=cluster_mode(), replicas=replicas, **extra_env)
 
     # -- the fault suite: each service's Redis ------------------------------
 

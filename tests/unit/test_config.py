@@ -1,6 +1,6 @@
 import pytest
 
-from libs.config import ConfigError, Env
+from libs.config import ConfigError, Env, peer_target, target_width
 from services.geo.config import GeoConfig
 from services.leaderboard.config import LeaderboardConfig
 from services.scan.config import ScanConfig
@@ -70,3 +70,45 @@ def test_tokens_never_show_in_repr():
     env.finish()
     assert settings.tokens.client == ("secret-a", "secret-b")
     assert "secret" not in repr(settings)
+
+
+# -- peer addresses: one, a list of replicas, a gRPC target ----------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "target"),
+    [
+        ("127.0.0.1:50054", "127.0.0.1:50054"),
+        ("geo.hunt.svc:50054", "geo.hunt.svc:50054"),
+        ("10.0.0.1:50054, 10.0.0.2:50054", "ipv4:10.0.0.1:50054,10.0.0.2:50054"),
+        ("[::1]:50054,[::1]:50064", "ipv6:[::1]:50054,[::1]:50064"),
+        ("dns:///geo.hunt.svc.cluster.local:50054", "dns:///geo.hunt.svc.cluster.local:50054"),
+        ("ipv4:10.0.0.1:1,10.0.0.2:1", "ipv4:10.0.0.1:1,10.0.0.2:1"),
+    ],
+)
+def test_a_peer_address_becomes_a_grpc_target(given: str, target: str):
+    assert peer_target(given) == target
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("geo-1:50054,geo-2:50054", "dns:///name:port"),
+        ("10.0.0.1:50054,[::1]:50054", "mixes IPv4 and IPv6"),
+        ("10.0.0.1:50054,", "empty address"),
+        ("10.0.0.1", "host:port"),
+        ("10.0.0.1:x,10.0.0.2:1", "ip:port"),
+    ],
+)
+def test_a_bad_peer_address_is_refused_at_start_naming_the_setting(given: str, says: str):
+    env = Env({"GEO_SERVICE_ADDR": given})
+    env.target("GEO_SERVICE_ADDR")
+    with pytest.raises(ConfigError, match="GEO_SERVICE_ADDR") as refused:
+        env.finish()
+    assert says in str(refused.value)
+
+
+def test_a_target_counts_the_replicas_it_lists():
+    assert target_width(peer_target("10.0.0.1:1,10.0.0.2:1,10.0.0.3:1")) == 3
+    assert target_width(peer_target("127.0.0.1:1")) == 1
+    assert target_width("dns:///geo:1") == 1  # resolved by the channel as it opens streams
