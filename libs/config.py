@@ -224,6 +224,23 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class ReadReplica:
+    """`<SVC>_PG_READ_DSN`: a streaming standby of the service's Postgres for
+    the reads that tolerate bounded staleness (libs.pgreads); "" for none.
+    `<SVC>_PG_READ_MAX_LAG_S`: over this replay lag the reads go to the primary."""
+
+    dsn: str = ""
+    max_lag_s: float = 1.0
+
+    @classmethod
+    def read(cls, env: Env, prefix: _Str) -> ReadReplica:
+        return cls(
+            dsn=env.str(f"{prefix}_PG_READ_DSN", ""),
+            max_lag_s=env.float(f"{prefix}_PG_READ_MAX_LAG_S", 1.0, min=0.0, max=3600),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """What every service reads the same way. `prefix` is e.g. "SCAN"."""
 

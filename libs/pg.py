@@ -132,6 +132,20 @@ async def create_pool(
     )
 
 
+async def lazy_pool(dsn: str, *, max_size: int = 5, command_timeout: float = 5.0) -> asyncpg.Pool:
+    """A pool that opens its connections when first used (none at start), for
+    a server the service can do without for a while (the read replica)."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        command_timeout=command_timeout,
+        reset=_keep_session,
+        max_inactive_connection_lifetime=300.0,
+        timeout=2.0,
+    )
+
+
 async def wait_for(dsn: str, timeout_s: float) -> None:
     """Returns once Postgres at `dsn` answers; raises the last error after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

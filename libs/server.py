@@ -40,9 +40,10 @@ from redis.exceptions import RedisError
 from libs import pg, rediskit
 from libs.auth import Authenticator, Role
 from libs.channels import PeerChannel, open_channel
-from libs.config import ConfigError, ServiceSettings
+from libs.config import ConfigError, ReadReplica, ServiceSettings
 from libs.logs import setup_logging
 from libs.metrics import Metrics
+from libs.pgreads import ReadRoute
 from libs.rpc import Gate, ServiceHandlers
 from libs.telemetry import Telemetry
 
@@ -154,6 +155,18 @@ class Runtime:
                 raise StartupError(f"migrations of {schema}: {exc}") from exc
         self._probes.append(lambda: pool.fetchval("SELECT 1"))
         return pool
+
+    async def read_route(self, replica: ReadReplica, primary: asyncpg.Pool) -> ReadRoute:
+        """Where the stale-tolerant reads go (libs.pgreads): the read replica
+        when one is set and within its lag bound, else `primary`. The service
+        starts and serves without the replica; its pool connects on first use."""
+        if not replica.dsn:
+            return ReadRoute(primary, metrics=self.metrics)
+        standby = await pg.lazy_pool(replica.dsn)
+        self._resources.push_async_callback(standby.close)
+        route = ReadRoute(primary, standby, max_lag_s=replica.max_lag_s, metrics=self.metrics)
+        self.background("pg-read-replica", route.watch)
+        return route
 
     async def redis(
         self, url: str, contract: rediskit.RedisContract, setting: str

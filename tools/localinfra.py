@@ -290,25 +290,25 @@ class PrivatePostgres:
         return args
 
     def start(self) -> PrivatePostgres:
-        hint = (
-            "install PostgreSQL (`apt-get install postgresql`) or set PG_DSN to a server you have"
-        )
-        initdb = find_binary("initdb", hint)
-        pg_ctl = find_binary("pg_ctl", hint)
+        pg_ctl = find_binary("pg_ctl", _PG_HINT)
         self.datadir.parent.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.datadir.parent, "postgres")
         if not (self.datadir / "PG_VERSION").exists():
-            subprocess.run(
-                self._as_postgres([initdb, "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "--no-sync"]),
-                check=True, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            self._create()
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off"
         subprocess.run(
             self._as_postgres([pg_ctl, "-D", str(self.datadir), "-o", options, "-l", str(self.datadir / "log"), "-w", "start"]),
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         return self
+
+    def _create(self) -> None:
+        initdb = find_binary("initdb", _PG_HINT)
+        subprocess.run(
+            self._as_postgres([initdb, "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "--no-sync"]),
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def stop(self) -> None:
         pg_ctl = find_binary("pg_ctl", "")
@@ -321,6 +321,32 @@ class PrivatePostgres:
         """A fast shutdown (open connections are cut) and a start on the same port."""
         self.stop()
         return self.start()
+
+
+@dataclass
+class PrivateStandby(PrivatePostgres):
+    """A streaming standby (read replica) of `primary`, a private cluster:
+    made by `pg_basebackup -R` (which writes the connection to the primary
+    and standby.signal) the first time it starts; read-only, replaying the
+    primary's WAL as it comes."""
+
+    primary: PrivatePostgres | None = None
+
+    def _create(self) -> None:
+        if self.primary is None:
+            raise InfraError("a standby needs its primary")
+        basebackup = find_binary("pg_basebackup", _PG_HINT)
+        subprocess.run(
+            self._as_postgres([basebackup, "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres",
+                               "-D", str(self.datadir), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"]),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def dsn_of(self, database: str) -> str:
+        return dsn_for(self.dsn, database)
+
+
+_PG_HINT = "install PostgreSQL (`apt-get install postgresql`) or set PG_DSN to a server you have"
 
 
 def find_postgres(

@@ -36,7 +36,12 @@ async def running(
             live_bucket_s=config.live_bucket_s,
         )
         await cache.load_scripts()
-        store = GeoStore(pool, runtime.metrics, timeout_s=config.pg_timeout_s)
+        store = GeoStore(
+            pool,
+            runtime.metrics,
+            timeout_s=config.pg_timeout_s,
+            reads=await runtime.read_route(config.pg_read, pool),
+        )
         geo = Geo(store, cache, config, runtime.metrics, clock=clock)
         runtime.background("geo-tile-refresh", geo.refresh_loop)
         await runtime.serve(binding(GeoServicer(geo)))

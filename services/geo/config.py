@@ -6,13 +6,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from libs.config import Env, ServiceSettings
+from libs.config import Env, ReadReplica, ServiceSettings
 
 
 @dataclass(frozen=True)
 class GeoConfig:
     common: ServiceSettings
     pg_dsn: str
+    #: The read replica for the reads that tolerate bounded staleness (none by default).
+    pg_read: ReadReplica
     redis_url: str
     #: Connections of the Postgres pool.
     pg_pool_min: int
@@ -50,6 +52,7 @@ class GeoConfig:
         config = cls(
             common=common,
             pg_dsn=env.str("GEO_PG_DSN"),
+            pg_read=ReadReplica.read(env, "GEO"),
             redis_url=env.str("GEO_REDIS_URL"),
             pg_pool_min=env.int("GEO_PG_POOL_MIN", 2, min=1, max=100),
             pg_pool_max=env.int("GEO_PG_POOL_MAX", 10, min=2, max=200),

@@ -398,7 +398,7 @@ class Geo:
         return read
 
     async def _load_tile(self, key: tuple[str, int, int]) -> TileRead:
-        read = await self._store.get_tile(*key)
+        read = await self._store.get_tile(*key, seen_refresh_s=self._view_refreshed_at)
         self._note_refresh(read.refreshed_at.timestamp())
         if read.tile is None or len(read.tile.data) <= self._tile_max_bytes:
             self._tiles.put(key, read)

@@ -17,6 +17,7 @@ import asyncpg
 from libs import errors
 from libs.metrics import Metrics
 from libs.pg import unavailable_when_down
+from libs.pgreads import ReadRoute
 from services.geo.model import (
     Checkpoint,
     CheckpointInput,
@@ -216,8 +217,17 @@ class GeoStore:
     """Postgres access of the geo service; returns `services.geo.model` values.
     Postgres being down or restarting is `errors.Unavailable` (libs.pg)."""
 
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        *,
+        timeout_s: float,
+        reads: ReadRoute | None = None,
+    ) -> None:
+        """`reads`: where tiles are read (libs.pgreads; default the primary, `pool`)."""
         self._pool = pool
+        self._reads = reads or ReadRoute(pool)
         self._timeout = timeout_s
         counter = metrics.counter(
             "geo_store_queries_total", "Postgres statements run by geo, by query.", ("query",)
@@ -393,10 +403,21 @@ class GeoStore:
         return stored
 
     @unavailable_when_down("read the tile")
-    async def get_tile(self, hunt_id: str, x: int, y: int) -> TileRead:
-        """The tile as the view shows it, with the view's refresh time."""
+    async def get_tile(self, hunt_id: str, x: int, y: int, seen_refresh_s: float = 0.0) -> TileRead:
+        """The tile as the view shows it, with the view's refresh time. On the
+        read replica when it is usable and its view is at least as new as the
+        newest refresh this process has seen (`seen_refresh_s`, Unix seconds);
+        else on the primary, so a tile is never older than one already served."""
         self._count["get_tile"].inc()
-        row = await self._pool.fetchrow(_GET_TILE, hunt_id, x, y, timeout=self._timeout)
+        row = await self._reads.fetchrow(
+            _GET_TILE,
+            hunt_id,
+            x,
+            y,
+            timeout=self._timeout,
+            fresh=lambda r: r is not None and r["refreshed_at"].timestamp() >= seen_refresh_s,
+        )
+        assert row is not None  # one row: the view's refresh, joined to the tile if any
         tile = None
         if row["version"] is not None:
             tile = Tile(row["version"], row["content_type"], row["data"])

@@ -27,7 +27,12 @@ async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
     async with bootstrap.Runtime("scan", config.common) as runtime:
         pool = await runtime.postgres(config.pg_dsn, "scan", MIGRATIONS, max_size=20)
         redis = await runtime.redis(config.redis_url, CONTRACT, "SCAN_REDIS_URL")
-        store = ScanStore(pool, batch_size=config.pg_batch, tracer=runtime.telemetry.tracer)
+        store = ScanStore(
+            pool,
+            batch_size=config.pg_batch,
+            tracer=runtime.telemetry.tracer,
+            reads=await runtime.read_route(config.pg_read, pool),
+        )
         cache = ScanCache(
             redis,
             rate_limit=config.rate_limit,

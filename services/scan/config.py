@@ -7,13 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from libs.admission import LimitSettings
-from libs.config import Env, ServiceSettings
+from libs.config import Env, ReadReplica, ServiceSettings
 
 
 @dataclass(frozen=True)
 class ScanConfig:
     common: ServiceSettings
     pg_dsn: str
+    #: The read replica for the reads that tolerate bounded staleness (none by default).
+    pg_read: ReadReplica
     redis_url: str
     geo_addr: str
     score_addr: str
@@ -58,6 +60,7 @@ class ScanConfig:
         config = cls(
             common=common,
             pg_dsn=env.str("SCAN_PG_DSN"),
+            pg_read=ReadReplica.read(env, "SCAN"),
             redis_url=env.str("SCAN_REDIS_URL"),
             geo_addr=env.target("GEO_SERVICE_ADDR"),
             score_addr=env.target("SCORE_SERVICE_ADDR"),

@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 from libs.batching import Batcher
 from libs.pg import unavailable_when_down
+from libs.pgreads import ReadRoute
 from services.scan.model import PLAUSIBLE, Answer, Outcome, Position, ScanInput, ScanRecord, Status
 
 _COLUMNS = """scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon, accuracy_m, scanned_at,
@@ -142,6 +143,10 @@ class Backlog:
     oldest_age_s: float
 
 
+def _applied(row: asyncpg.Record | None) -> bool:
+    return row is not None and row["status"] == "applied"
+
+
 class ScanStore:
     """`batch_size` > 1: new scans and answers that arrive while a statement
     is in flight go together in the next one (libs.batching; at most
@@ -149,10 +154,18 @@ class ScanStore:
     commit for all of them."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, batch_size: int = 1, tracer: trace.Tracer | None = None
+        self,
+        pool: asyncpg.Pool,
+        *,
+        batch_size: int = 1,
+        tracer: trace.Tracer | None = None,
+        reads: ReadRoute | None = None,
     ) -> None:
-        """`tracer`: for the span of a batch shared by several scans (libs.batching)."""
+        """`tracer`: for the span of a batch shared by several scans (libs.batching).
+        `reads`: where GetScan and ListPlayerScans read (libs.pgreads; default
+        the primary, `pool`)."""
         self._pool = pool
+        self._reads = reads or ReadRoute(pool)
         self._inserts: Batcher[_NewScan, tuple[ScanRecord, Position | None] | None] | None = None
         self._applies: Batcher[tuple[Answer, datetime | None], ScanRecord] | None = None
         if batch_size > 1:
@@ -255,8 +268,12 @@ class ScanStore:
 
     @unavailable_when_down("read the scan")
     async def get(self, scan_id: str) -> ScanRecord | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM scan.scans WHERE scan_id = $1", scan_id
+        """GetScan's read: on the read replica when it is usable and has the
+        scan applied; else (the scan not there yet, or not applied: its answer
+        may be newer on the primary) on the primary. So GetScan right after
+        SubmitScan finds the scan, and never answers older than SubmitScan did."""
+        row = await self._reads.fetchrow(
+            f"SELECT {_COLUMNS} FROM scan.scans WHERE scan_id = $1", scan_id, fresh=_applied
         )
         return _record(row) if row is not None else None
 
@@ -396,8 +413,10 @@ class ScanStore:
     async def list_player(
         self, player_id: str, hunt_id: str, before_scan_id: str, limit: int
     ) -> list[ScanRecord]:
-        """A player's scans, newest first, strictly before `before_scan_id` if set."""
-        rows = await self._pool.fetch(
+        """A player's scans, newest first, strictly before `before_scan_id` if
+        set; on the read replica when it is usable (bounded staleness: a scan
+        of the last `PG_READ_MAX_LAG_S` may not be listed yet)."""
+        rows = await self._reads.fetch(
             f"""SELECT {_COLUMNS} FROM scan.scans
                 WHERE player_id = $1 AND ($2 = '' OR hunt_id = $2) AND ($3 = '' OR scan_id < $3)
                 ORDER BY scan_id DESC LIMIT $4""",
