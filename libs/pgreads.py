@@ -116,20 +116,7 @@ class ReadRoute:
     ) -> Row | None:
         """One row, from the standby when it is usable and its row is `fresh`
         (default: there is one); else from the primary."""
-        pool, reason = self._pool()
-        if pool is not self.primary:
-            try:
-                row = await pool.fetchrow(query, *args, **kwargs)
-            except POSTGRES_ERRORS as exc:
-                self._lost(exc)
-                reason = "replica_down"
-            else:
-                if fresh(row):
-                    self._count("standby", reason)
-                    return row
-                reason = "not_fresh"
-        self._count("primary", reason)
-        return await self.primary.fetchrow(query, *args, **kwargs)
+        return await self._read("fetchrow", fresh, query, args, kwargs)
 
     async def fetch(
         self,
@@ -140,20 +127,27 @@ class ReadRoute:
     ) -> list[Row]:
         """Rows, from the standby when it is usable and its rows are `fresh`
         (default: any); else from the primary."""
+        return await self._read("fetch", fresh, query, args, kwargs)
+
+    async def _read(
+        self, method: str, fresh: Callable[[Any], bool], query: str, args: tuple, kwargs: dict
+    ) -> Any:
+        """`pool.<method>(query, ...)` on the standby when usable and `fresh`
+        with its answer; else on the primary, counted with the reason."""
         pool, reason = self._pool()
         if pool is not self.primary:
             try:
-                rows = await pool.fetch(query, *args, **kwargs)
+                answer = await getattr(pool, method)(query, *args, **kwargs)
             except POSTGRES_ERRORS as exc:
                 self._lost(exc)
                 reason = "replica_down"
             else:
-                if fresh(rows):
+                if fresh(answer):
                     self._count("standby", reason)
-                    return rows
+                    return answer
                 reason = "not_fresh"
         self._count("primary", reason)
-        return await self.primary.fetch(query, *args, **kwargs)
+        return await getattr(self.primary, method)(query, *args, **kwargs)
 
     def _lost(self, exc: BaseException) -> None:
         if self.lag_s is not None:

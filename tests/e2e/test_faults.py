@@ -402,6 +402,16 @@ def kill_replica(name: str) -> Fault:
     )
 
 
+async def _run_on(stack: Stack, dsn: str, fault: Fault) -> list[str]:
+    """`run_fault` on a stack of its own database (a pool of its own for the accounting)."""
+    db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            return await run_fault(stack, db, dsn, fault)
+    finally:
+        await db.close()
+
+
 def _calls_served(stack: Stack, instance: str) -> int:
     """Calls a process answered (its server histogram's count, health checks aside)."""
     return int(
@@ -429,13 +439,7 @@ async def replica_stack(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[tu
 @pytest.mark.parametrize("fault", [kill_replica(name) for name in SERVICES], ids=lambda f: f.id)
 async def test_replica_loss(fault: Fault, replica_stack):
     stack, dsn = replica_stack
-    db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            problems = await run_fault(stack, db, dsn, fault)
-    finally:
-        await db.close()
-    assert not problems, problems
+    assert not (problems := await _run_on(stack, dsn, fault)), problems
 
 
 async def test_watchers_of_a_lost_replica_move_to_the_other(replica_stack):
@@ -503,10 +507,4 @@ async def test_postgres_restart(private_stack):
     fault = Fault(
         "postgres-restart", f"Postgres restarted (down {DOWN_S:g} s)", inject, shows="retried"
     )
-    db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            problems = await run_fault(stack, db, dsn, fault)
-    finally:
-        await db.close()
-    assert not problems, problems
+    assert not (problems := await _run_on(stack, dsn, fault)), problems

@@ -7,6 +7,8 @@ its calls are sent again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -16,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from libs import errors
-from libs.channels import open_channel
+from libs.channels import PeerChannel, open_channel
 from libs.config import Env, ServiceSettings, peer_target
 from libs.server import Binding, Runtime
 from services.geo.client import CHECK_IN, CHECK_IN_STREAM
@@ -219,16 +221,27 @@ async def test_a_broken_stream_is_replaced_by_a_new_one():
 # -- replicas: one stream per replica, none to one that is not SERVING -------------
 
 
-async def test_calls_spread_over_replicas_and_avoid_one_not_serving():
-    """Two servers behind one channel (an `ipv4:` list): the multiplexed calls
-    go to both; once one reports NOT_SERVING (as at shutdown) its stream
-    drains and every new call goes to the other, and once it serves again and
-    the streams are renewed (max age) calls reach it again."""
+@contextlib.asynccontextmanager
+async def _two_replicas() -> AsyncIterator[tuple[Echoing, Echoing, list[Runtime], PeerChannel]]:
+    """Two servers and a channel to both (an `ipv4:` list), closed after the block."""
     first, second = Echoing(), Echoing()
     runtimes = [await _serve(first), await _serve(second)]
     target = peer_target(",".join(f"127.0.0.1:{r.port}" for r in runtimes))
     channel = open_channel(target, _settings("SCAN"), None, SERVICE_TOKEN)
     try:
+        yield first, second, runtimes, channel
+    finally:
+        await channel.close()
+        for runtime in runtimes:
+            await runtime.close()
+
+
+async def test_calls_spread_over_replicas_and_avoid_one_not_serving():
+    """Two servers behind one channel (an `ipv4:` list): the multiplexed calls
+    go to both; once one reports NOT_SERVING (as at shutdown) its stream
+    drains and every new call goes to the other, and once it serves again and
+    the streams are renewed (max age) calls reach it again."""
+    async with _two_replicas() as (first, second, runtimes, channel):
         check_in = channel.multiplexed(CHECK_IN_STREAM, CHECK_IN, max_age_s=0.3)
 
         async def calls(n: int) -> tuple[int, int]:
@@ -249,20 +262,12 @@ async def test_calls_spread_over_replicas_and_avoid_one_not_serving():
         assert (await calls(100))[1] == 0, "a replica not SERVING was given calls"
         await runtimes[1]._set_health(health_pb2.HealthCheckResponse.SERVING)
         await eventually(spread, until=lambda got: min(got) > 0, what="calls back on both")
-    finally:
-        await channel.close()
-        for runtime in runtimes:
-            await runtime.close()
 
 
 async def test_a_killed_replica_costs_no_call():
     """A replica that goes away mid-load: the calls on its stream are sent
     again on the other one; none fails."""
-    first, second = Echoing(), Echoing()
-    runtimes = [await _serve(first), await _serve(second)]
-    target = peer_target(",".join(f"127.0.0.1:{r.port}" for r in runtimes))
-    channel = open_channel(target, _settings("SCAN"), None, SERVICE_TOKEN)
-    try:
+    async with _two_replicas() as (first, second, runtimes, channel):
         check_in = channel.multiplexed(CHECK_IN_STREAM, CHECK_IN, max_age_s=0.3)
 
         async def both() -> bool:
@@ -276,7 +281,3 @@ async def test_a_killed_replica_costs_no_call():
         answers = await asyncio.gather(*load)
         assert [a.distance_m for a in answers] == [50.0] * 100
         assert second.cancelled, "no call was in flight on the replica that went away"
-    finally:
-        await channel.close()
-        for runtime in runtimes:
-            await runtime.close()

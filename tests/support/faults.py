@@ -87,6 +87,21 @@ def plan(rate: float, seconds: float, min_players: int = 20) -> tuple[int, int]:
     return players, checkpoints
 
 
+def scan_request(
+    player_id: str, hunt_id: str, spot: Spot, client_scan_id: str
+) -> scan_pb2.SubmitScanRequest:
+    """A scan of `spot` now, from where it is, with a fix of ACCURACY_M."""
+    return scan_pb2.SubmitScanRequest(
+        player_id=player_id,
+        hunt_id=hunt_id,
+        tag_id=spot.tag_id,
+        location=common_pb2.GeoPoint(lat=spot.lat, lon=spot.lon),
+        accuracy_m=ACCURACY_M,
+        scanned_at=timestamp(datetime.now(UTC)),
+        client_scan_id=client_scan_id,
+    )
+
+
 async def capacity(
     target: str, hunt_id: str, spot: Spot, *, seconds: float = 2.0, in_flight: int = 16
 ) -> float:
@@ -101,15 +116,7 @@ async def capacity(
     async def worker() -> None:
         nonlocal answered
         while time.monotonic() < end:
-            request = scan_pb2.SubmitScanRequest(
-                player_id=f"cap-{uuid.uuid4().hex[:12]}",
-                hunt_id=hunt_id,
-                tag_id=spot.tag_id,
-                location=common_pb2.GeoPoint(lat=spot.lat, lon=spot.lon),
-                accuracy_m=ACCURACY_M,
-                scanned_at=timestamp(datetime.now(UTC)),
-                client_scan_id="c1",
-            )
+            request = scan_request(f"cap-{uuid.uuid4().hex[:12]}", hunt_id, spot, "c1")
             try:
                 await stub.SubmitScan(request, metadata=CLIENT, timeout=2.0)
                 answered += 1
@@ -128,15 +135,7 @@ async def scan_once(
 ) -> scan_pb2.SubmitScanResponse:
     """One scan of `spot` by `player_id`, retried with its key as a client would."""
     channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    request = scan_pb2.SubmitScanRequest(
-        player_id=player_id,
-        hunt_id=hunt_id,
-        tag_id=spot.tag_id,
-        location=common_pb2.GeoPoint(lat=spot.lat, lon=spot.lon),
-        accuracy_m=ACCURACY_M,
-        scanned_at=timestamp(datetime.now(UTC)),
-        client_scan_id=uuid.uuid4().hex,
-    )
+    request = scan_request(player_id, hunt_id, spot, uuid.uuid4().hex)
     try:
         for attempt in range(20):
             try:
@@ -272,15 +271,8 @@ class ScanLoad:
 
     async def _send(self, stub: scan_pb2_grpc.ScanServiceStub, scan: ClientScan) -> None:
         spot = self._spots[scan.checkpoint]
-        request = scan_pb2.SubmitScanRequest(
-            player_id=scan.player_id,
-            hunt_id=self._hunt_id,
-            tag_id=spot.tag_id,
-            location=common_pb2.GeoPoint(lat=spot.lat, lon=spot.lon),
-            accuracy_m=ACCURACY_M,
-            scanned_at=timestamp(datetime.now(UTC)),  # retries send the same scan
-            client_scan_id=scan.client_scan_id,
-        )
+        # retries send the same scan (its scanned_at included)
+        request = scan_request(scan.player_id, self._hunt_id, spot, scan.client_scan_id)
         scan.first_sent = time.monotonic()
         give_up = scan.first_sent + self._give_up_s
         backoff = 0.05
