@@ -6,7 +6,9 @@ from a load generator in its own process (bench/loadgen.py): unloaded (one
 in flight), at fixed concurrency, then open loop at 0.5, 1, 2 and 4 times
 the best rate it reached (overload: goodput, the latency of what was
 accepted, and how fast the rest was refused; no refused scan may be
-recorded), and at half of it over 1 and over 100 client connections.
+recorded), and at half of it over 1 and over 100 client connections. At
+half of it too, the first 200 scans after every service restarted (warm
+start; also with every Redis flushed, with and without the warm-up).
 Then it restarts the services exporting their spans (OTLP) to a sink in its
 own process, as to Jaeger, and measures again: every span, then one trace in
 ten. In the same run it measures the floor: a bare grpc.aio echo server and
@@ -28,6 +30,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+
 from tools.localinfra import create_database, drop_database, find_postgres, free_port, stop_pid
 from tools.stack import Stack
 
@@ -38,11 +42,13 @@ SERVICES = ("geo", "score", "leaderboard", "scan")
 
 
 def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: int | None = None,
-            duration: float, warmup: int = 50, connections: int = 1) -> dict:  # fmt: skip
+            duration: float, warmup: int = 50, connections: int = 1,
+            requests: int | None = None) -> dict:  # fmt: skip
     command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--addr", addr,
                "--duration", str(duration), "--warmup", str(warmup), "--hunt-file", str(HUNT_FILE),
                "--connections", str(connections), "--keep-latencies"]  # fmt: skip
     command += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
+    command += ["--requests", str(requests)] if requests else []
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=duration + 120)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
@@ -136,7 +142,7 @@ async def import_hunt(stack: Stack) -> None:
         await ctl.close()
 
 
-def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
+def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> tuple[list[dict], dict]:
     name = f"thbench_{os.getpid()}"
     dsn = asyncio.run(create_database(admin_dsn, name))
     stack = Stack(
@@ -169,11 +175,54 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> list[dict]:
             measure(rate=round(multiple * capacity))["offered_x"] = multiple
         for connections in CONNECTIONS:
             measure(rate=round(0.5 * capacity), connections=connections)["connections_run"] = True
+        warm = run_warm_start(stack, round(0.5 * capacity))
         runs += run_traced(args, stack)
     finally:
         asyncio.run(stack.stop())
         asyncio.run(drop_database(admin_dsn, name))
-    return runs
+    return runs, warm
+
+
+#: The calls measured after a restart, and how the restart found the caches.
+WARM_REQUESTS = 200
+RESTARTS = (
+    ("restarted", False, {}),
+    ("restarted_redis_flushed", True, {}),
+    ("restarted_redis_flushed_no_warmup", True, {"WARMUP_TIMEOUT_S": "0"}),
+)
+
+
+def run_warm_start(stack: Stack, rate: float) -> dict:
+    """The first WARM_REQUESTS scans after every service restarted (each
+    SERVING once warm), open loop at `rate`, against as many in steady state;
+    then the same with every Redis flushed as well (a cold cache tier), with
+    and without the warm-up. p99_x: the p99 over the steady one. Each set
+    comes from a new load generator with no warm-up calls, so the client's
+    own first calls weigh in all of them alike."""
+
+    def first(warmup: int) -> dict:
+        r = loadgen("scan", stack.addr("scan"), rate=rate, duration=0, warmup=warmup,
+                    requests=WARM_REQUESTS)  # fmt: skip
+        return {key: r[key] for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms")}
+
+    figures = {"rate_per_s": rate, "requests": WARM_REQUESTS, "steady": first(0)}
+    for label, flush, settings in RESTARTS:
+        stack.extra_env.update(settings)
+        try:
+            for service in SERVICES:
+                if flush:
+                    for node in stack.redis_nodes(service):
+                        redis.Redis.from_url(node.url).flushall()
+                asyncio.run(stack.restart(service))
+        finally:
+            for key in settings:
+                stack.extra_env.pop(key, None)
+        figures[label] = first(0)
+        figures[label]["p99_x"] = round(figures[label]["p99_ms"] / figures["steady"]["p99_ms"], 2)
+        print(f"warm start, {label}: {figures[label]}", flush=True)
+    for service in SERVICES:  # the runs after this one start from the usual state
+        asyncio.run(stack.restart(service))
+    return figures
 
 
 #: Offered load of the open-loop runs, as multiples of the measured capacity.
@@ -393,6 +442,8 @@ def ratios(f: dict) -> dict:
     for x in (2.0, 4.0):
         out[f"goodput_{x:g}x_over_capacity"] = by_x[x]["goodput_per_s"] / f["capacity_per_s"]
         out[f"accepted_p99_{x:g}x_over_0.5x"] = by_x[x]["accepted_p99_ms"] / half
+    for label, _, _ in RESTARTS:  # #18: within 1.5x of steady state
+        out[f"warm_start_{label}_p99_over_steady"] = f["warm_start"][label]["p99_x"]
     return {k: round(v, 3) for k, v in out.items()}
 
 
@@ -489,6 +540,21 @@ def write_summary(report: dict) -> None:
             f"{o['accepted_p50_ms']:.2f} | {o['accepted_p99_ms']:.2f} | {o['shed']} | "
             f"{o['shed_p99_ms']:.2f} | {o['failed']} | {o['shed_recorded']} |"
         )
+    warm = report["warm_start"]
+    lines += [
+        "",
+        f"Warm start: the first {warm['requests']} scans after every service restarted, open loop at "
+        f"{warm['rate_per_s']:g}/s; steady p99 {warm['steady']['p99_ms']:.2f} ms.",
+        "",
+        "| restart | p50 ms | p99 ms | p99 / steady p99 | max ms | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, _, _ in RESTARTS:
+        w = warm[label]
+        lines.append(
+            f"| {label} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | {w['p99_x']} | {w['max_ms']:.2f} | "
+            f"{w['errors']} |"
+        )
     lines += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in report["ratios"].items())]
     lines += [
         "",
@@ -515,7 +581,7 @@ def main() -> None:
     admin_dsn, private = find_postgres(os.environ.get("PG_DSN", ""), REPO / ".run")
     try:
         print("== SubmitScan through the whole stack ==", flush=True)
-        scan_runs = run_scan_bench(args, admin_dsn)
+        scan_runs, warm_start = run_scan_bench(args, admin_dsn)
         print("\n== floor: bare grpc.aio echo ==", flush=True)
         top = max(r["offered_rate"] for r in scan_runs if r["mode"] == "open")
         floor = run_echo_floor(args, top)
@@ -531,6 +597,7 @@ def main() -> None:
         "floor": floor,
         "floor_ratio": eight["rate_per_s"] / echo8["rate_per_s"],
         **figures(scan_runs, floor),
+        "warm_start": warm_start,
         "services": {} if args.skip_services else service_benches(args.quick),
     }
     report["ratios"] = ratios(report)

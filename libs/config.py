@@ -255,6 +255,8 @@ class ServiceSettings:
     log_level: str
     #: OTEL_TRACES_SAMPLER as set ("" when unset); the OTel SDK reads its value.
     traces_sampler: str = ""
+    #: How long the warm-up before SERVING may take (libs.server); 0: none.
+    warmup_timeout_s: float = 20.0
 
     @classmethod
     def read(cls, env: Env, prefix: str, grpc_port: int, metrics_port: int) -> ServiceSettings:
@@ -284,6 +286,7 @@ class ServiceSettings:
             max_message_bytes=env.int("GRPC_MAX_MESSAGE_BYTES", 1 << 20, min=4096, max=64 << 20),
             log_level=env.str("LOG_LEVEL", "INFO").upper(),
             traces_sampler=env.str("OTEL_TRACES_SAMPLER", ""),
+            warmup_timeout_s=env.float("WARMUP_TIMEOUT_S", 20.0, min=0, max=3600),
         )
 
     def require_peer_token(self, env: Env) -> None:

@@ -132,6 +132,17 @@ async def create_pool(
     )
 
 
+async def open_connections(pool: asyncpg.Pool, count: int) -> str:
+    """Opens `count` of the pool's connections at once (it opens only
+    `min_size` at start, the rest in the first busy moments, each connection
+    a few ms of handshake a caller waits for). They stay open while used and
+    close after max_inactive_connection_lifetime."""
+    held = await asyncio.gather(*(pool.acquire() for _ in range(count)))
+    for connection in held:
+        await pool.release(connection)
+    return f"{pool.get_size()} connections open"
+
+
 async def lazy_pool(dsn: str, *, max_size: int = 5, command_timeout: float = 5.0) -> asyncpg.Pool:
     """A pool that opens its connections when first used (none at start), for
     a server the service can do without for a while (the read replica)."""

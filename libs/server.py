@@ -121,6 +121,7 @@ class Runtime:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._probes: list[Callable[[], Awaitable[object]]] = []
+        self._warm_steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         self._service_name = ""
         self._memory_reported = False
 
@@ -154,6 +155,8 @@ class Runtime:
             except pg.MigrationError as exc:
                 raise StartupError(f"migrations of {schema}: {exc}") from exc
         self._probes.append(lambda: pool.fetchval("SELECT 1"))
+        busy = max(min_size, max_size // 2)  # what a busy moment uses, opened before it
+        self.warm(f"postgres pool {schema}", lambda: pg.open_connections(pool, busy))
         return pool
 
     async def read_route(self, replica: ReadReplica, primary: asyncpg.Pool) -> ReadRoute:
@@ -203,10 +206,23 @@ class Runtime:
             await asyncio.sleep(5.0)
 
     def channel(self, target: str) -> PeerChannel:
-        """A channel to a peer service, closed at shutdown after the server stops."""
+        """A channel to a peer service, closed at shutdown after the server
+        stops. It starts connecting during the warm-up; nothing waits for it
+        (peers call each other: waiting could wait in a circle)."""
         channel = open_channel(target, self.settings, self.telemetry.tracer)
         self._resources.push_async_callback(channel.close)
+
+        async def connect() -> None:
+            channel.get_state(try_to_connect=True)
+
+        self._warm_steps.append((f"connect {target}", connect))
         return channel
+
+    def warm(self, name: str, run: Callable[[], Awaitable[object]]) -> None:
+        """A step of the warm-up: run once the dependencies answer and before
+        the service reports SERVING, so a new or restarted replica takes its
+        first calls with its caches filled. What it returns is logged."""
+        self._warm_steps.append((name, run))
 
     def background(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """A loop started once the service serves and cancelled at shutdown."""
@@ -252,11 +268,50 @@ class Runtime:
         self.metrics_port = self.metrics.serve(settings.metrics_listen)
         for probe in self._probes:
             await probe()
+        await self._warm_up()
         for name, run in self._background_factories:
             self._background.append(asyncio.create_task(_supervised(name, run), name=name))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"grpc_port": self.port, "grpc_service": self._service_name})
         return self.port
+
+    async def _warm_up(self) -> None:
+        """Runs the warm-up steps in order within WARMUP_TIMEOUT_S in all. A
+        step that fails or runs out of time is logged and the service serves
+        anyway, colder: refusing to serve would turn a slow catalog into an
+        outage. `warmup_seconds{step}` and `warmup_complete` say how it went."""
+        took = self.metrics.gauge(
+            "warmup_seconds", "Time each warm-up step took before SERVING.", ("step",)
+        )
+        complete = self.metrics.gauge(
+            "warmup_complete", "1 when every warm-up step finished before SERVING, else 0."
+        )
+        budget = self.settings.warmup_timeout_s
+        if budget <= 0:
+            log.info("warm-up skipped (WARMUP_TIMEOUT_S=0)")
+            complete.set(0)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        ok = True
+        for name, run in self._warm_steps:
+            began = loop.time()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    done = await run()
+            except TimeoutError:
+                log.error("warm-up ran out of time (WARMUP_TIMEOUT_S=%g) at %s", budget, name)
+                ok = False
+                break
+            except Exception as exc:  # a colder start, not no start
+                log.error("warm-up step %s failed: %r", name, exc)
+                ok = False
+                continue
+            finally:
+                took.labels(name).set(loop.time() - began)
+            if done is not None:
+                log.info("warm-up: %s: %s", name, done)
+        complete.set(1 if ok else 0)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", self._service_name):

@@ -43,6 +43,7 @@ async def running(
             reads=await runtime.read_route(config.pg_read, pool),
         )
         geo = Geo(store, cache, config, runtime.metrics, clock=clock)
+        runtime.warm("catalog of the hunts played", geo.warm)
         runtime.background("geo-tile-refresh", geo.refresh_loop)
         await runtime.serve(binding(GeoServicer(geo)))
         yield runtime

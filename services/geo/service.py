@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from libs import errors
@@ -53,6 +54,9 @@ from services.geo.store import GeoStore
 log = logging.getLogger(__name__)
 
 _NEARBY_SLACK = 8  # extra candidates asked of Redis before the exact distance filter
+
+#: A restarted replica warms the hunts that run now and those starting within this.
+WARM_LEAD = timedelta(hours=1)
 
 
 def _put_newer(cache: TtlCache[Any, Versioned[Any]], key: Hashable, entry: Versioned[Any]) -> None:
@@ -92,6 +96,7 @@ class Geo:
             config.tile_cache_entries, config.tile_cache_ttl_s
         )
         self._tile_max_bytes = config.tile_cache_max_tile_bytes
+        self._l1_entries = config.l1_entries
         self._tag_flight: SingleFlight[str, Versioned[Checkpoint]] = SingleFlight()
         self._hunt_flight: SingleFlight[str, Versioned[Hunt]] = SingleFlight()
         self._set_flight: SingleFlight[str, CheckpointSet] = SingleFlight()
@@ -209,6 +214,29 @@ class Geo:
             await self._cache.put_catalog(tags or (), hunts or ())
         except CacheUnavailable as exc:
             log.error("catalog entries not written to redis: %s", exc)
+
+    # -- warm start -----------------------------------------------------------
+
+    async def warm(self) -> str:
+        """Fills both tiers with what CheckIn and NearbyCheckpoints need for the
+        hunts played now or within `WARM_LEAD` (hunts, every tag, the active
+        checkpoint sets), within the L1 bound; the runtime calls it before
+        SERVING. Says what it loaded. Redis being down leaves L1 warm."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        played = await self._store.played_catalog(now, WARM_LEAD, self._l1_entries)
+        hunts = [(hunt.hunt_id, Versioned(hunt.version, hunt)) for hunt, _, _ in played]
+        tags = [(cp.tag_id, Versioned(cp.version, cp)) for _, _, cps in played for cp in cps]
+        for hunt_id, hunt_entry in hunts:
+            _put_newer(self._hunts, hunt_id, hunt_entry)
+        for tag_id, tag_entry in tags:
+            _put_newer(self._tags, tag_id, tag_entry)
+        await self._write_through(tags=tags, hunts=hunts)
+        for hunt, active, _ in played:
+            try:
+                await self._cache.store_checkpoints(hunt.hunt_id, active)
+            except CacheUnavailable as exc:
+                log.warning("checkpoint set of %s not stored: %s", hunt.hunt_id, exc)
+        return f"{len(hunts)} hunts, {len(tags)} tags"
 
     # -- check-in -------------------------------------------------------------
 

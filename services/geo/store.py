@@ -10,11 +10,11 @@ tests) can see how often a cache tier falls through to Postgres.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from libs import errors
+from libs import errors, worklog
 from libs.metrics import Metrics
 from libs.pg import unavailable_when_down
 from libs.pgreads import ReadRoute
@@ -127,6 +127,18 @@ SELECT {_CP_COLUMNS}, {_HUNT_COLUMNS}
 FROM geo.checkpoints c JOIN geo.hunts h ON h.hunt_id = c.hunt_id
 WHERE c.tag_id = $1"""
 
+# The hunts being played or about to be ($1: now, $2: the lead), soonest
+# ending first, and every checkpoint (active or not: a deactivated tag must
+# answer as such) of those hunts, with each hunt's checkpoint-set version.
+_PLAYED_HUNTS = f"""
+SELECT {_HUNT_COLUMNS}, h.cp_version AS set_version FROM geo.hunts h
+WHERE h.status = 'published' AND h.ends_at > $1 AND h.starts_at <= $1 + $2
+ORDER BY h.ends_at, h.hunt_id LIMIT $3"""
+
+_CHECKPOINTS_OF = f"""
+SELECT {_CP_COLUMNS} FROM geo.checkpoints c WHERE c.hunt_id = ANY($1::text[])
+ORDER BY c.hunt_id, c.checkpoint_id LIMIT $2"""
+
 _ACTIVE_CHECKPOINTS = f"""
 SELECT h.cp_version AS set_version, {_CP_COLUMNS}
 FROM geo.hunts h
@@ -167,8 +179,11 @@ _REFRESH = f"REFRESH MATERIALIZED VIEW CONCURRENTLY geo.{TILE_VIEW}"
 # now() is the start of the refresh's transaction: a tile committed after it
 # may or may not be in the view; one committed before it certainly is.
 _RECORD_REFRESH = f"""
-UPDATE geo.tile_refreshes SET refreshed_at = now() WHERE view_name = '{TILE_VIEW}'
-RETURNING refreshed_at"""
+WITH work AS (
+    UPDATE geo.tile_refreshes SET refreshed_at = now() WHERE view_name = '{TILE_VIEW}'
+    RETURNING refreshed_at),
+{worklog.counted("geo", "work", "'tile-refresh'", "$1")}
+SELECT refreshed_at FROM work"""
 
 
 def _hunt(row: asyncpg.Record) -> Hunt:
@@ -237,7 +252,7 @@ class GeoStore:
             for name in (
                 "create_hunt", "update_hunt", "get_hunt", "list_hunts", "upsert_checkpoint",
                 "deactivate_checkpoint", "list_checkpoints", "tag", "active_checkpoints",
-                "put_tile", "get_tile", "last_refresh", "refresh_tiles",
+                "played_catalog", "put_tile", "get_tile", "last_refresh", "refresh_tiles",
             )
         }  # fmt: skip
 
@@ -370,6 +385,34 @@ class GeoStore:
             return None, None
         return _checkpoint(row), _hunt(row)
 
+    @unavailable_when_down("read the played hunts")
+    async def played_catalog(
+        self, now: datetime, lead: timedelta, limit: int
+    ) -> list[tuple[Hunt, CheckpointSet, list[Checkpoint]]]:
+        """The published hunts that run now or start within `lead` (at most
+        `limit`, and at most `limit` checkpoints in all): each hunt, its
+        active checkpoints as a set, and all its checkpoints (two reads)."""
+        self._count["played_catalog"].inc()
+        async with self._pool.acquire() as connection:
+            hunts = await connection.fetch(_PLAYED_HUNTS, now, lead, limit, timeout=self._timeout)
+            rows = await connection.fetch(
+                _CHECKPOINTS_OF, [h["hunt_id"] for h in hunts], limit, timeout=self._timeout
+            )
+        by_hunt: dict[str, list[Checkpoint]] = {h["hunt_id"]: [] for h in hunts}
+        for row in rows:
+            by_hunt[row["hunt_id"]].append(_checkpoint(row))
+        return [
+            (
+                _hunt(h),
+                CheckpointSet(
+                    version=h["set_version"],
+                    checkpoints=tuple(cp for cp in by_hunt[h["hunt_id"]] if cp.active),
+                ),
+                by_hunt[h["hunt_id"]],
+            )
+            for h in hunts
+        ]
+
     @unavailable_when_down("read the hunt's checkpoints")
     async def active_checkpoints(self, hunt_id: str) -> CheckpointSet | None:
         """The active checkpoints of a hunt and their set's version; None: no such hunt."""
@@ -442,7 +485,9 @@ class GeoStore:
             try:
                 async with connection.transaction():
                     await connection.execute(_REFRESH, timeout=timeout_s)
-                    refreshed_at = await connection.fetchval(_RECORD_REFRESH, timeout=self._timeout)
+                    refreshed_at = await connection.fetchval(
+                        _RECORD_REFRESH, worklog.WORKER, timeout=self._timeout
+                    )
             finally:
                 try:
                     await connection.execute(_UNLOCK, timeout=self._timeout)

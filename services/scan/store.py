@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import asyncpg
 from opentelemetry import trace
 
+from libs import worklog
 from libs.batching import Batcher
 from libs.pg import unavailable_when_down
 from libs.pgreads import ReadRoute
@@ -379,15 +380,21 @@ class ScanStore:
         """Takes the leases of up to `limit` received scans that are due; rows
         another replica is claiming at the same moment are skipped."""
         rows = await self._pool.fetch(
-            f"""UPDATE scan.scans SET next_attempt_at = now() + $2::interval, attempts = attempts + 1
-                WHERE scan_id IN (
-                    SELECT scan_id FROM scan.scans
-                    WHERE status = 'received' AND next_attempt_at <= now()
-                    ORDER BY next_attempt_at LIMIT $1
-                    FOR UPDATE SKIP LOCKED)
-                RETURNING {_COLUMNS}""",
+            f"""WITH work AS (
+                    UPDATE scan.scans
+                    SET next_attempt_at = now() + $2::interval, attempts = attempts + 1
+                    WHERE scan_id IN (
+                        SELECT scan_id FROM scan.scans
+                        WHERE status = 'received' AND next_attempt_at <= now()
+                        ORDER BY next_attempt_at LIMIT $1
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING {_COLUMNS}),
+                {worklog.counted("scan", "work", "$3", "$4")}
+                SELECT * FROM work""",
             limit,
             lease,
+            "redrive",
+            worklog.WORKER,
         )
         return sorted((_record(r) for r in rows), key=lambda r: r.scan_id)
 
@@ -433,13 +440,17 @@ class ScanStore:
         passed; returns the player of each row purged (fewer than `limit`: no
         more rows are due now, or the rest are held by another statement)."""
         rows = await self._pool.fetch(
-            f"""WITH due AS ({PURGE_DUE})
-                UPDATE scan.scans AS s
-                SET lat = NULL, lon = NULL, accuracy_m = NULL, location_purged_at = now()
-                FROM due WHERE s.scan_id = due.scan_id
-                RETURNING s.player_id""",
+            f"""WITH due AS ({PURGE_DUE}), work AS (
+                    UPDATE scan.scans AS s
+                    SET lat = NULL, lon = NULL, accuracy_m = NULL, location_purged_at = now()
+                    FROM due WHERE s.scan_id = due.scan_id
+                    RETURNING s.player_id),
+                {worklog.counted("scan", "work", "$3", "$4")}
+                SELECT player_id FROM work""",
             retention,
             limit,
+            "location-purge",
+            worklog.WORKER,
         )
         return [r["player_id"] for r in rows]
 

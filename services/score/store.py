@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 from opentelemetry import trace
 
-from libs import backoff, errors, pg
+from libs import backoff, errors, pg, worklog
 from libs.batching import Batcher
 from services.score.model import (
     ZERO,
@@ -68,12 +68,18 @@ SELECT player_id, total, reached_at, version FROM score.player_scores
  ORDER BY player_id
  LIMIT $3"""
 
-_CLAIM = """
-SELECT id, hunt_id, player_id, total, reached_at, version, traceparent, tracestate
-  FROM score.outbox
- ORDER BY id
- LIMIT $1
- FOR UPDATE SKIP LOCKED"""
+#: Locks the oldest rows no other relay holds and counts them as delivered
+#: by this process (libs.worklog): the count commits only with the delete
+#: that acknowledges them, and a row two relays sent would count twice.
+_CLAIM = f"""
+WITH work AS (
+    SELECT id, hunt_id, player_id, total, reached_at, version, traceparent, tracestate
+      FROM score.outbox
+     ORDER BY id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED),
+{worklog.counted("score", "work", "'outbox-delivery'", "$2")}
+SELECT * FROM work ORDER BY id"""
 
 _ACK = "DELETE FROM score.outbox WHERE id = ANY($1::bigint[])"
 
@@ -269,7 +275,7 @@ class ScoreStore:
         for the duration of the block (one transaction; rolled back on error)."""
         with _mapped("outbox claim"):
             async with self._pool.acquire() as connection, connection.transaction():
-                rows = await connection.fetch(_CLAIM, limit)
+                rows = await connection.fetch(_CLAIM, limit, worklog.WORKER)
                 yield OutboxClaim(connection, [_outbox_row(r) for r in rows])
 
     async def outbox_stats(self) -> tuple[int, float]:

@@ -4,7 +4,7 @@ through L1, Redis and Postgres, single-flight, invalidation, distances."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,7 +26,9 @@ async def geo(pg_dsn, redis_urls):
 
 
 def replica(pg_dsn: str, redis_urls: dict[str, str], **settings: str):
-    """Another geo process on the same Postgres and Redis, with a fresh L1."""
+    """Another geo process on the same Postgres and Redis, with a fresh L1
+    (cold: no warm-up, unless `WARMUP_TIMEOUT_S` is given)."""
+    settings.setdefault("WARMUP_TIMEOUT_S", "0")
     return geo_service(pg_dsn, redis_urls["geo"], **settings)
 
 
@@ -85,6 +87,50 @@ async def test_a_burst_for_one_uncached_tag_makes_one_query(pg_dsn, redis_urls, 
         assert {r.checkpoint_id for r in results} == {"c1"}
         assert fresh.queries("tag") == 1
         assert fresh.queries("get_hunt") == 0  # the hunt came with the tag
+
+
+async def test_a_replica_is_serving_only_with_the_played_hunts_warm(pg_dsn, redis_urls, geo):
+    now = datetime.now(UTC)
+    await create_hunt(geo, "h1")  # played now
+    await create_hunt(geo, "soon", starts_at=now + timedelta(minutes=30))
+    await create_hunt(geo, "later", starts_at=now + timedelta(hours=3))
+    await create_hunt(
+        geo, "over", starts_at=now - timedelta(hours=3), ends_at=now - timedelta(hours=1)
+    )
+    await create_hunt(geo, "draft", status=geo_pb2.HUNT_STATUS_DRAFT)
+    await upsert_checkpoint(geo, "c1", tag_id="t1")
+    await upsert_checkpoint(geo, "c2", tag_id="t2")
+    await geo.admin.DeactivateCheckpoint(
+        geo_pb2.DeactivateCheckpointRequest(hunt_id="h1", checkpoint_id="c2")
+    )
+    for hunt_id in ("soon", "later", "over", "draft"):
+        await upsert_checkpoint(geo, f"c-{hunt_id}", hunt_id=hunt_id, tag_id=f"t-{hunt_id}")
+    await flush(redis_urls["geo"])
+    async with replica(pg_dsn, redis_urls, WARMUP_TIMEOUT_S="10") as warm:
+        assert warm.queries("played_catalog") == 1
+        # Tags of the hunts played now or within the hour, active or not, answer from L1.
+        assert (await check_in(warm)).checkpoint_id == "c1"
+        assert (await check_in(warm, "t2")).tag_status is TagStatus.INACTIVE
+        assert (await check_in(warm, "t-soon", hunt_id="soon")).checkpoint_id == "c-soon"
+        assert warm.cache_count("tag", "l1", "hit") == 3
+        assert warm.queries("tag") == 0 and warm.queries("get_hunt") == 0
+        # The checkpoint sets are in Redis: NearbyCheckpoints rebuilds nothing.
+        nearby = await warm.client.NearbyCheckpoints(
+            geo_pb2.NearbyCheckpointsRequest(hunt_id="h1", center=point(*ORIGIN), radius_m=500)
+        )
+        assert [n.checkpoint.checkpoint_id for n in nearby.checkpoints] == ["c1"]
+        assert warm.cache_count("checkpoint_set", "redis", "hit") == 1
+        assert warm.queries("active_checkpoints") == 0
+        # Hunts not played within the hour were left out.
+        await check_in(warm, "t-later", hunt_id="later")
+        await check_in(warm, "t-over", hunt_id="over")
+        await check_in(warm, "t-draft", hunt_id="draft")
+        assert warm.queries("tag") == 3
+        assert warm.runtime.metrics.registry.get_sample_value("warmup_complete") == 1
+    async with replica(pg_dsn, redis_urls) as cold:  # the same without a warm-up
+        await flush(redis_urls["geo"])
+        assert (await check_in(cold)).checkpoint_id == "c1"
+        assert cold.queries("played_catalog") == 0 and cold.queries("tag") == 1
 
 
 async def test_unknown_foreign_and_inactive_tags(geo):

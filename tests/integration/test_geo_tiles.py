@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.geo import create_hunt, status_of
 from tests.support.polling import eventually
+from tests.support.worklog import work_done
 from tools.inprocess import geo_service
 from treasure.geo.v1 import geo_pb2
 
@@ -92,6 +93,7 @@ async def test_two_concurrent_refreshes_run_one(geo, pg_dsn, redis_urls):
     await put_tile(geo, b"v1", 1)
     async with geo_service(pg_dsn, redis_urls["geo"]) as other:
         blocker = await asyncpg.connect(pg_dsn)
+        before, _ = await work_done(blocker, "geo", "tile-refresh")
         try:
             # Hold the refresh that gets the advisory lock inside its REFRESH.
             transaction = blocker.transaction()
@@ -102,6 +104,8 @@ async def test_two_concurrent_refreshes_run_one(geo, pg_dsn, redis_urls):
             assert [task.result().refreshed for task in done] == [False]
             await transaction.rollback()
             late = await asyncio.wait_for(next(iter(pending)), 30)
+            # Counted in Postgres: of the two, one refresh ran.
+            assert await work_done(blocker, "geo", "tile-refresh") == (before + 1, before + 1)
         finally:
             await blocker.close()
         assert late.refreshed

@@ -26,6 +26,7 @@ from services.scan.store import PURGE_DUE, ScanStore
 from tests.support.env import CLIENT_TOKEN, bearer
 from tests.support.geo import create_hunt, upsert_checkpoint
 from tests.support.polling import eventually
+from tests.support.worklog import work_done
 from tools.doubles import LeaderboardDouble
 from tools.inprocess import ORIGIN, geo_service, in_process, score_service
 from treasure.common.v1 import common_pb2
@@ -168,6 +169,8 @@ async def test_the_purge_is_idempotent_batched_and_shared_by_replicas(pool, redi
         for m in (metrics_one, metrics_two)
     ]
     assert sum(counted) == 25
+    runs, units = await work_done(pool, "scan", "location-purge")
+    assert units == 25 and runs >= 7  # batches of 4, each row once
 
 
 async def test_the_last_position_in_redis_never_outlives_the_retention(pool, redis):

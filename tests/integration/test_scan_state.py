@@ -12,6 +12,7 @@ from libs import pg, rediskit
 from services.scan.cache import ScanCache
 from services.scan.model import Answer, Outcome, Position, ScanInput, Status, new_scan_id
 from services.scan.store import ScanStore
+from tests.support.worklog import work_done
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -113,6 +114,8 @@ async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store):
     ids = [r.scan_id for r in first + second]
     assert len(ids) == len(set(ids)) == 20
     assert await store.claim_due(50, timedelta(seconds=30)) == []  # leased now
+    # Counted in Postgres with the claims: two runs, each scan once (an empty claim is no run).
+    assert await work_done(store._pool, "scan", "redrive") == (2, 20)
     assert (await store.backlog()).received == 21
 
 

@@ -24,6 +24,7 @@ from services.score.store import ScoreStore
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN, bearer
 from tests.support.infra import REPO, flush
 from tests.support.polling import eventually
+from tests.support.worklog import work_done
 from tools.doubles import FakeCatalog, LeaderboardDouble
 from tools.inprocess import channel_to, score_client, score_service
 from tools.localinfra import RedisServer, free_port
@@ -439,6 +440,9 @@ async def test_two_relays_share_the_outbox(pg_dsn, redis_urls, leaderboard, db):
         assert await _outbox_drained(db) == 0
     sent = [(u.player_id, u.version) for batch in leaderboard.servicer.batches for u in batch]
     assert len(sent) == len(set(sent))  # no row went out twice
+    # Counted in Postgres with each acknowledged delivery: every outbox row once.
+    written = await db.fetchval("SELECT last_value FROM score.outbox_id_seq")
+    assert (await work_done(db, "score", "outbox-delivery"))[1] == written
     for batch in leaderboard.servicer.batches:
         players = [u.player_id for u in batch]
         assert len(players) == len(set(players))  # collapsed within a batch
