@@ -207,6 +207,7 @@ def channels(addr: str, n: int) -> list[grpc.aio.Channel]:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
+    warmup = max(args.warmup, args.connections) if args.warmup else 0  # --warmup 0: none at all
     opened = channels(args.addr, args.connections)
     try:
         target = (
@@ -217,7 +218,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         # Connected before the clock starts: a client's own handshake is not the server's cost.
         await asyncio.gather(*(channel.channel_ready() for channel in opened))
         # warm-up: every connection, caches, prepared statements
-        for _ in range(max(args.warmup, args.connections) if args.warmup else 0):
+        for _ in range(warmup):
             await _one(target, Recorder(), time.perf_counter())
         split = Split()
         if args.rate:
@@ -237,7 +238,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     # errors are not throughput). Latencies cover every call, errors too.
     summary["rate_per_s"] = (summary["count"] - errors) / elapsed
     return {"target": args.target, **mode, "connections": args.connections, "duration_s": round(elapsed, 3),
-            "warmup": max(args.warmup, args.connections) if args.warmup else 0, "errors": errors, **summary,
+            "warmup": warmup, "errors": errors, **summary,
             "shed_players": split.shed_players if args.target == "scan" else [],
             "latencies_ms": [round(v * 1000, 3) for v in recorder.latencies] if args.keep_latencies else None}  # fmt: skip
 

@@ -200,12 +200,12 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
     comes from a new load generator with no warm-up calls, so the client's
     own first calls weigh in all of them alike."""
 
-    def first(warmup: int) -> dict:
-        r = loadgen("scan", stack.addr("scan"), rate=rate, duration=0, warmup=warmup,
+    def first() -> dict:
+        r = loadgen("scan", stack.addr("scan"), rate=rate, duration=0, warmup=0,
                     requests=WARM_REQUESTS)  # fmt: skip
         return {key: r[key] for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms")}
 
-    figures = {"rate_per_s": rate, "requests": WARM_REQUESTS, "steady": first(0)}
+    figures = {"rate_per_s": rate, "requests": WARM_REQUESTS, "steady": first()}
     for label, flush, settings in RESTARTS:
         stack.extra_env.update(settings)
         try:
@@ -217,12 +217,10 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
         finally:
             for key in settings:
                 stack.extra_env.pop(key, None)
-        figures[label] = first(0)
+        figures[label] = first()
         figures[label]["p99_x"] = round(figures[label]["p99_ms"] / figures["steady"]["p99_ms"], 2)
         print(f"warm start, {label}: {figures[label]}", flush=True)
-    for service in SERVICES:  # the runs after this one start from the usual state
-        asyncio.run(stack.restart(service))
-    return figures
+    return figures  # the traced runs next restart every service with their own settings
 
 
 #: Offered load of the open-loop runs, as multiples of the measured capacity.

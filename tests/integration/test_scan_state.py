@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from libs import pg, rediskit
@@ -104,7 +105,7 @@ async def test_apply_is_once_and_the_first_answer_wins(store):
     assert (await store.get(record.scan_id)).answer == results[0].answer
 
 
-async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store):
+async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store, pg_dsn):
     for i in range(20):
         await store.insert(new_scan_id(), scan(f"c{i}"), timedelta(seconds=0), "")
     await store.insert(new_scan_id(), scan("later"), timedelta(seconds=60), "")
@@ -115,7 +116,11 @@ async def test_relay_claims_only_due_scans_and_replicas_never_share_one(store):
     assert len(ids) == len(set(ids)) == 20
     assert await store.claim_due(50, timedelta(seconds=30)) == []  # leased now
     # Counted in Postgres with the claims: two runs, each scan once (an empty claim is no run).
-    assert await work_done(store._pool, "scan", "redrive") == (2, 20)
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        assert await work_done(db, "scan", "redrive") == (2, 20)
+    finally:
+        await db.close()
     assert (await store.backlog()).received == 21
 
 
