@@ -21,7 +21,8 @@ one it was given. A failed read on the standby is read again on the primary,
 and the route stops using the standby until the next good measure.
 
 Metrics: `pg_read_replica_lag_seconds` (-1 when unknown),
-`pg_read_replica_in_use` (1 while reads go to the standby) and
+`pg_read_replica_in_use` (1 while reads go to the standby),
+`pg_read_replica_configured` (1 when a standby was given) and
 `pg_reads_total{pool, reason}` (pool `standby` or `primary`; reason `replica`,
 `no_replica`, `lagging`, `replica_down` or `not_fresh`).
 """
@@ -93,6 +94,11 @@ class ReadRoute:
                 "pg_read_replica_in_use",
                 "1 while the stale-tolerant reads go to the read replica.",
                 lambda: 1.0 if self.standby_usable() else 0.0,
+            )
+            metrics.gauge_fn(
+                "pg_read_replica_configured",
+                "1 when the service was given a read replica (<SVC>_PG_READ_DSN).",
+                lambda: 0.0 if self._standby is None else 1.0,
             )
 
     def standby_usable(self) -> bool:

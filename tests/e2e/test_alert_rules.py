@@ -463,6 +463,10 @@ _SERIES = {
     'rpc_server_duration_seconds_count{job="scan", instance="c", method="SubmitScan", code="OK"}': "0+15x80",
     'scans_shed_total{job="scan", instance="c", reason="limit"}': "0+30x80",
     'geo_tile_view_age_seconds{job="geo", instance="g"}': "0+15x80",
+    'pg_read_replica_configured{job="scan", instance="r"}': "1x40",
+    'pg_read_replica_in_use{job="scan", instance="r"}': "1x4 0x36",
+    'pg_read_replica_configured{job="geo", instance="n"}': "0x40",
+    'pg_read_replica_in_use{job="geo", instance="n"}': "0x40",
 }  # fmt: skip
 _EXPECTED = [  # (alert, evaluated at, the alerts firing then: their labels)
     ("RedisMemoryHigh", "30s", []),  # above 85%, but not yet for a minute
@@ -473,6 +477,9 @@ _EXPECTED = [  # (alert, evaluated at, the alerts firing then: their labels)
     ("ScanShedding", "15m", [{"severity": "warning", "job": "scan", "instance": "c"}]),
     ("GeoTileViewStale", "12m", []),  # over 600 s since 10 m, not yet for 5 minutes
     ("GeoTileViewStale", "16m", [{"severity": "warning", "job": "geo", "instance": "g"}]),
+    ("PgReadReplicaBypassed", "4m", []),  # bypassed since 1 m, not yet for 5 minutes
+    # the one with no replica configured never fires
+    ("PgReadReplicaBypassed", "7m", [{"severity": "warning", "job": "scan", "instance": "r"}]),
 ]  # fmt: skip
 
 

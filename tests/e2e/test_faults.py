@@ -48,6 +48,7 @@ from tests.support.infra import RUN_DIR
 from tests.support.polling import eventually
 from tests.support.services import scrape_metrics
 from tests.support.stack import CLIENT, Stack
+from tests.support.worklog import units_by_worker, work_done
 from tools.localinfra import PrivatePostgres, create_database, free_port, throwaway_database
 from tools.verify import verify
 from treasure.leaderboard.v1 import leaderboard_pb2_grpc
@@ -436,10 +437,36 @@ async def replica_stack(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[tu
             await stack.stop()
 
 
+async def _outbox_quiet(db: asyncpg.Pool) -> tuple[int, int]:
+    """Once score's outbox is empty: (outbox rows delivered so far over every
+    score process, unlocks so far). Each new unlock writes one outbox row."""
+    await eventually(
+        lambda: db.fetchval("SELECT count(*) FROM score.outbox"),
+        until=lambda left: left == 0,
+        timeout_s=30,
+        what="score's outbox to be delivered",
+    )
+    delivered = (await work_done(db, "score", "outbox-delivery"))[1]
+    return delivered, await db.fetchval("SELECT count(*) FROM score.unlocks")
+
+
 @pytest.mark.parametrize("fault", [kill_replica(name) for name in SERVICES], ids=lambda f: f.id)
 async def test_replica_loss(fault: Fault, replica_stack):
+    """The fault's accounting, and the outbox delivery done once per row across
+    the two score processes (counted in Postgres with each acknowledged
+    delivery, so a delivery cut by a kill counts nothing and is done again)."""
     stack, dsn = replica_stack
-    assert not (problems := await _run_on(stack, dsn, fault)), problems
+    db = await asyncpg.connect(dsn)
+    try:
+        delivered_before, unlocks_before = await _outbox_quiet(db)
+        assert not (problems := await _run_on(stack, dsn, fault)), problems
+        delivered, unlocks = await _outbox_quiet(db)
+        workers = await units_by_worker(db, "score", "outbox-delivery")
+    finally:
+        await db.close()
+    assert unlocks > unlocks_before
+    assert delivered - delivered_before == unlocks - unlocks_before, workers
+    assert len(workers) >= 2, f"one score process delivered every row: {workers}"
 
 
 async def test_watchers_of_a_lost_replica_move_to_the_other(replica_stack):

@@ -13,3 +13,11 @@ async def work_done(db: Any, schema: str, task: str) -> tuple[int, int]:
         task,
     )
     return int(row["runs"]), int(row["units"])
+
+
+async def units_by_worker(db: Any, schema: str, task: str) -> dict[str, int]:
+    """Units of `task` per worker (host:pid) that did any."""
+    rows = await db.fetch(
+        f"SELECT worker, units FROM {schema}.background_work WHERE task = $1 AND units > 0", task
+    )
+    return {row["worker"]: int(row["units"]) for row in rows}
