@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # The faults that touch no Redis (a service killed, the leaderboard down, a
 # Postgres restart, a replica lost) run once, in the standalone pass: on clusters they would
 # test the same code again and cost two minutes.
+# $(call flag,VAR,option): --option when VAR is 1/yes/true, --no-option when
+# it is set to anything else, nothing when unset (`make up` keeps the running
+# stack's shape: tools/stack.py).
+flag = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $($(1)),--no-$(2)))
 CLUSTER_DESELECT := not kill- and not leaderboard-down and not postgres_restart and not replica
 
 .DEFAULT_GOAL := help
@@ -48,8 +52,8 @@ test: deps lint ## the whole suite on standalone Redis, then integration + e2e o
 test-unit: venv ## unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
 
-up: deps ## start Postgres, four Redis servers (CLUSTER=1: Redis Clusters) and the services (REPLICAS=2: two of each)
-	$(PY) -m tools.stack up $(if $(filter 1 yes true,$(CLUSTER)),--cluster) --replicas $(or $(REPLICAS),1)
+up: deps ## start Postgres, four Redis servers (CLUSTER=1: Redis Clusters) and the services (REPLICAS=2: two of each; STANDBY=1: a Postgres read replica)
+	$(PY) -m tools.stack up $(call flag,CLUSTER,cluster) $(call flag,STANDBY,standby) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 down: venv ## stop exactly what `make up` started
 	$(PY) -m tools.stack down

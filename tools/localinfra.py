@@ -259,7 +259,7 @@ class RedisCluster:
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _pg_answers(dsn: str) -> bool:
+def pg_answers(dsn: str) -> bool:
     import asyncio
 
     async def probe() -> bool:
@@ -296,7 +296,11 @@ class PrivatePostgres:
             shutil.chown(self.datadir.parent, "postgres")
         if not (self.datadir / "PG_VERSION").exists():
             self._create()
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off"
+        # A standby needs max_connections at least its primary's: the same for both.
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=off"
+            " -c max_connections=200"
+        )
         subprocess.run(
             self._as_postgres([pg_ctl, "-D", str(self.datadir), "-o", options, "-l", str(self.datadir / "log"), "-w", "start"]),
             check=True, stdout=subprocess.DEVNULL,
@@ -354,13 +358,13 @@ def find_postgres(
 ) -> tuple[str, PrivatePostgres | None]:
     """An admin DSN of a Postgres that answers, and the private cluster if one was started."""
     if explicit_dsn:
-        if not _pg_answers(explicit_dsn):
+        if not pg_answers(explicit_dsn):
             raise InfraError(f"PG_DSN is set but Postgres does not answer at {explicit_dsn}")
         return explicit_dsn, None
-    if _pg_answers(DEFAULT_PG_DSN):
+    if pg_answers(DEFAULT_PG_DSN):
         return DEFAULT_PG_DSN, None
     private = PrivatePostgres(run_dir / "pgdata", port)
-    if _pg_answers(private.dsn):
+    if pg_answers(private.dsn):
         return private.dsn, None  # ours, left running by an earlier start
     private.start()
     return private.dsn, private

@@ -39,11 +39,14 @@ from tools import localinfra
 from tools.localinfra import (
     InfraError,
     PrivatePostgres,
+    PrivateStandby,
     RedisCluster,
     RedisServer,
     create_database,
+    dsn_for,
     find_postgres,
     free_ports,
+    pg_answers,
     stop_pid,
 )
 from treasure.geo.v1 import geo_pb2_grpc
@@ -55,6 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / ".run"
 PIDS = RUN / "pids"
 LOGS = RUN / "logs"
+
+#: The services that send stale-tolerant reads to a read replica when given one.
+READ_REPLICA_SERVICES = ("scan", "geo")
 
 #: The services in the order they start (each one's peers first).
 ORDER = ("geo", "score", "leaderboard", "scan")
@@ -495,18 +501,77 @@ def _up_redis(stack: Stack, name: str) -> None:
         _record(f"redis-{name}", server.pid)
 
 
+#: `make up STANDBY=1`: a private primary and its streaming standby, on these ports.
+STANDBY_PORTS = (55442, 55443)
+
+
+def _private_started(cluster: PrivatePostgres) -> None:
+    """Notes a private cluster `up` started, for `down` to stop (standby after primary)."""
+    with open(RUN / "private-pg", "a") as started:
+        started.write(f"{cluster.datadir}\n")
+    print(f"  started a private Postgres in {cluster.datadir} on port {cluster.port}")
+
+
+def _up_standby_pair() -> tuple[str, str]:
+    """A private primary and its streaming standby (`pg_basebackup -R`), each
+    started unless it runs already; (admin DSN of the primary, of the standby)."""
+    primary = PrivatePostgres(RUN / "pg-primary", STANDBY_PORTS[0])
+    standby = PrivateStandby(RUN / "pg-standby", STANDBY_PORTS[1], primary=primary)
+    for cluster in (primary, standby):
+        if not pg_answers(cluster.dsn):
+            cluster.start()
+            _private_started(cluster)
+    return primary.dsn, standby.dsn
+
+
+#: The shape of the stack `up` started (replicas, cluster, standby), kept while it runs.
+SHAPE = RUN / "shape.json"
+_SHAPE_DEFAULTS = {"replicas": 1, "cluster": False, "standby": False}
+
+
+def _shape(args: argparse.Namespace) -> dict | str:
+    """The stack's shape for this `up`: what was asked, the rest as the running
+    stack has it (so `make demo` after `make up REPLICAS=2 STANDBY=1` keeps
+    them), else the defaults; a string says why not (a running stack of
+    another shape: processes keep the peers and databases they started with)."""
+    running = any(_pid_of(name) for name in _service_names())
+    kept = json.loads(SHAPE.read_text()) if running and SHAPE.exists() else {}
+    shape = {}
+    for key, default in _SHAPE_DEFAULTS.items():
+        asked = getattr(args, key)
+        if asked is not None and key in kept and asked != kept[key]:
+            return (
+                f"the stack runs with {key}={kept[key]}; `make down` first to start it "
+                f"with {key}={asked}"
+            )
+        shape[key] = asked if asked is not None else kept.get(key, default)
+    return shape
+
+
 def up(args: argparse.Namespace) -> int:
     RUN.mkdir(exist_ok=True)
     LOGS.mkdir(exist_ok=True)
+    shape = _shape(args)
+    if isinstance(shape, str):
+        print(shape, file=sys.stderr)
+        return 1
+    SHAPE.write_text(json.dumps(shape))
+    args = argparse.Namespace(**{**vars(args), **shape})
+    read_env: dict[str, str] = {}
     try:
-        admin_dsn, private = find_postgres(os.environ.get("PG_DSN", ""), RUN)
+        if args.standby:
+            admin_dsn, standby_dsn = _up_standby_pair()
+        else:
+            admin_dsn, private = find_postgres(os.environ.get("PG_DSN", ""), RUN)
+            if private is not None:
+                _private_started(private)
     except (InfraError, subprocess.CalledProcessError) as exc:
         print(f"postgres: {exc}", file=sys.stderr)
         return 1
-    if private is not None:
-        (RUN / "private-pg").write_text(str(private.datadir))
-        print(f"  started a private Postgres in {private.datadir} on port {private.port}")
     dsn = asyncio.run(create_database(admin_dsn, DATABASE, keep_existing=True))
+    if args.standby:  # the database reaches the standby with the primary's WAL
+        read_dsn = dsn_for(standby_dsn, DATABASE)
+        read_env = {f"{name.upper()}_PG_READ_DSN": read_dsn for name in READ_REPLICA_SERVICES}
     stack = Stack(
         RUN,
         dsn,
@@ -515,6 +580,7 @@ def up(args: argparse.Namespace) -> int:
         detach=True,
         logs=LOGS,
         replicas=args.replicas,
+        **read_env,
     )
     env = stack.env()
     (RUN / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
@@ -572,6 +638,9 @@ def _print_summary(stack: Stack, env: dict[str, str]) -> None:
         for name in ORDER:
             print(f"    {name.upper()}_SERVICE_ADDR={stack.target(name)}")
     print(f"\n  postgres: {stack.pg_dsn}")
+    read_dsn = env.get("SCAN_PG_READ_DSN")
+    if read_dsn:
+        print(f"  read replica (streaming standby) for scan and geo: {read_dsn}")
     print(
         "  tokens (local stack only): "
         f"client={CLIENT_TOKEN} service={SERVICE_TOKEN} admin={ADMIN_TOKEN}"
@@ -589,10 +658,12 @@ def down(_args: argparse.Namespace) -> int:
             stopped.append(name)
         path.unlink(missing_ok=True)
     private = RUN / "private-pg"
-    if private.exists():
-        PrivatePostgres(Path(private.read_text().strip()), 0).stop()
+    if private.exists():  # standbys were written after their primary: stopped first
+        for datadir in reversed(private.read_text().split()):
+            PrivatePostgres(Path(datadir), 0).stop()
+            stopped.append(f"postgres (private, {Path(datadir).name})")
         private.unlink()
-        stopped.append("postgres (private)")
+    SHAPE.unlink(missing_ok=True)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
@@ -620,13 +691,20 @@ def main() -> None:
     up_parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for SERVING"
     )
+    # Each option left out is taken from the running stack, else its default (_shape).
     up_parser.add_argument(
-        "--cluster", action="store_true", help="a 3-master Redis Cluster per service"
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        help="a 3-master Redis Cluster per service",
+    )
+    up_parser.add_argument(
+        "--standby",
+        action=argparse.BooleanOptionalAction,
+        help="a private Postgres primary with a streaming standby for the stale-tolerant reads",
     )
     up_parser.add_argument(
         "--replicas",
         type=int,
-        default=1,
         choices=range(1, MAX_REPLICAS + 1),
         metavar="N",
         help=f"processes of each service, each on its own ports (1 to {MAX_REPLICAS})",
