@@ -14,8 +14,12 @@ a client should, so the refusals do not turn into a storm of retries.
 channel and TCP connection, as N mobile backend pods would), not one.
 
 Each answer is counted as accepted (any answer), shed (UNAVAILABLE or
-RESOURCE_EXHAUSTED: the server refused it) or failed (any other error, such
-as DEADLINE_EXCEEDED), with the latencies of the first two apart.
+RESOURCE_EXHAUSTED: the server refused it), dropped (CANCELLED, which this
+client never causes: gRPC's core dropped the call unread because the
+server's queue of calls not yet taken was full, `GRPC_MAX_PENDING_RPCS`) or
+failed (any other error, such as DEADLINE_EXCEEDED), with the latencies of
+the first three apart. A closed-loop client retries a dropped call after
+DROPPED_BACKOFF_S, as it does a shed one after its hint.
 
 Scans are all valid and distinct: each comes from a new player at a
 checkpoint of the demo hunt, so every one is recorded, checked in and
@@ -49,6 +53,11 @@ ECHO_METHOD = "/bench.Echo/Echo"
 
 #: Codes of a server that refused a call (shed it) rather than failed it.
 SHED = {"error:UNAVAILABLE", "error:RESOURCE_EXHAUSTED"}
+#: The code of a call gRPC's core dropped before any handler saw it.
+DROPPED = "error:CANCELLED"
+#: How long a closed-loop client waits before it sends a dropped call again
+#: (a drop carries no hint; the server's shortest hint).
+DROPPED_BACKOFF_S = 0.125
 
 
 class ScanTarget:
@@ -109,10 +118,12 @@ class Split:
     def __init__(self) -> None:
         self.accepted: list[float] = []
         self.shed: list[float] = []
+        self.dropped: list[float] = []
+        #: Players of shed and dropped scans: none of them may be recorded.
         self.shed_players: list[str] = []
 
     def summary(self, elapsed_s: float) -> dict:
-        accepted, shed = sorted(self.accepted), sorted(self.shed)
+        accepted, shed, dropped = sorted(self.accepted), sorted(self.shed), sorted(self.dropped)
         return {
             "accepted": len(accepted),
             "goodput_per_s": len(accepted) / elapsed_s,
@@ -120,6 +131,8 @@ class Split:
             "accepted_p99_ms": percentile(accepted, 99) * 1000,
             "shed": len(shed),
             "shed_p99_ms": percentile(shed, 99) * 1000,
+            "dropped": len(dropped),
+            "dropped_p99_ms": percentile(dropped, 99) * 1000,
         }
 
 
@@ -143,15 +156,15 @@ async def _one(target, recorder: Recorder, started: float, split: Split | None =
         outcome = await target.call()
     except grpc.aio.AioRpcError as err:
         outcome = f"error:{err.code().name}"
-        hint = retry_hint_s(err)
+        hint = DROPPED_BACKOFF_S if outcome == DROPPED else retry_hint_s(err)
     took = time.perf_counter() - started
     recorder.record(took, outcome)
     if split is None:
         return hint
     if not outcome.startswith("error:"):
         split.accepted.append(took)
-    elif outcome in SHED:
-        split.shed.append(took)
+    elif outcome in SHED or outcome == DROPPED:
+        (split.shed if outcome in SHED else split.dropped).append(took)
         split.shed_players.append(target.player(n))
     return hint
 

@@ -66,7 +66,8 @@ def describe(result: dict) -> str:
     return (
         f"{result['target']:<5} {load:<16} achieved {result['rate_per_s']:7.1f}/s  p50 {result['p50_ms']:6.2f}  "
         f"p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:6.2f}  p99.9 {result['p999_ms']:7.2f} ms  "
-        f"errors {result['errors']} (shed {result['shed']}, shed p99 {result['shed_p99_ms']:.2f} ms)"
+        f"errors {result['errors']} (shed {result['shed']}, shed p99 {result['shed_p99_ms']:.2f} ms; "
+        f"dropped {result['dropped']}, p99 {result['dropped_p99_ms']:.2f} ms)"
     )
 
 
@@ -108,11 +109,15 @@ def plot(runs: list[dict], path: Path) -> None:
     axes[0].set_ylabel("fraction of requests")
     axes[0].set_title("Latency CDF")
     axes[0].legend(fontsize=7)
-    overload = [r for r in runs if "offered_x" in r]
+    overload = [r for r in runs if "offered_x" in r and "pending_bound" not in r]
+    bounded = [r for r in runs if "pending_bound" in r]
     offered = [r["offered_rate"] for r in overload]
     axes[1].plot(offered, [r["accepted_p50_ms"] for r in overload], "o-", label="accepted p50")
     axes[1].plot(offered, [r["accepted_p99_ms"] for r in overload], "o-", label="accepted p99")
     axes[1].plot(offered, [r["shed_p99_ms"] for r in overload], "x:", label="shed p99")
+    if bounded:
+        axes[1].plot([r["offered_rate"] for r in bounded], [r["accepted_p99_ms"] for r in bounded],
+                     "o-", label=f"accepted p99, core queue bounded ({bounded[0]['pending_bound']})")  # fmt: skip
     axes[1].set_yscale("log")
     rate_axis = axes[1].twinx()
     rate_axis.plot(offered, [r["goodput_per_s"] for r in overload], "s--", color="green",
@@ -173,6 +178,18 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> tuple[list[dict]
         capacity = max(r["rate_per_s"] for r in runs)
         for multiple in OVERLOAD:
             measure(rate=round(multiple * capacity))["offered_x"] = multiple
+        # The same past capacity with gRPC core's queue in front of the gate bounded.
+        stack.extra_env["SCAN_GRPC_MAX_PENDING"] = str(BOUNDED_PENDING)
+        asyncio.run(stack.restart("scan"))
+        pids["scan"] = stack.pids()["scan"]
+        try:
+            for multiple in (m for m in OVERLOAD if m >= 2.0):
+                run = measure(rate=round(multiple * capacity))
+                run.update(offered_x=multiple, pending_bound=BOUNDED_PENDING)
+        finally:
+            stack.extra_env.pop("SCAN_GRPC_MAX_PENDING")
+            asyncio.run(stack.restart("scan"))
+            pids["scan"] = stack.pids()["scan"]
         for connections in CONNECTIONS:
             measure(rate=round(0.5 * capacity), connections=connections)["connections_run"] = True
         warm = run_warm_start(stack, round(0.5 * capacity))
@@ -225,6 +242,8 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
 
 #: Offered load of the open-loop runs, as multiples of the measured capacity.
 OVERLOAD = (0.5, 1.0, 2.0, 4.0)
+#: SCAN_GRPC_MAX_PENDING of the overload runs with a bounded queue in gRPC's core.
+BOUNDED_PENDING = 8
 #: Client connections of the connection runs (open loop at 0.5x capacity).
 CONNECTIONS = (1, 100)
 
@@ -384,6 +403,22 @@ def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
         )
         return {"per_s": run["rate_per_s"], "p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"]}
 
+    def overload(r: dict) -> dict:
+        return {
+            "offered_x": r["offered_x"],
+            "offered_per_s": r["offered_rate"],
+            "goodput_per_s": r["goodput_per_s"],
+            "accepted_p50_ms": r["accepted_p50_ms"],
+            "accepted_p99_ms": r["accepted_p99_ms"],
+            "shed": r["shed"],
+            "shed_p99_ms": r["shed_p99_ms"],
+            "dropped": r["dropped"],
+            "dropped_p99_ms": r["dropped_p99_ms"],
+            "failed": r["errors"] - r["shed"] - r["dropped"],
+            "shed_recorded": r["shed_recorded"],
+            **({"pending_bound": r["pending_bound"]} if "pending_bound" in r else {}),
+        }
+
     untraced = [r for r in scan_runs if r["target"] == "scan"]
     return {
         "echo_1": closed(floor, 1, "echo"),
@@ -395,20 +430,9 @@ def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
         "scan_64": closed(untraced, 64, "scan"),
         "capacity_per_s": max(r["rate_per_s"] for r in untraced),
         "overload": [
-            {
-                "offered_x": r["offered_x"],
-                "offered_per_s": r["offered_rate"],
-                "goodput_per_s": r["goodput_per_s"],
-                "accepted_p50_ms": r["accepted_p50_ms"],
-                "accepted_p99_ms": r["accepted_p99_ms"],
-                "shed": r["shed"],
-                "shed_p99_ms": r["shed_p99_ms"],
-                "failed": r["errors"] - r["shed"],
-                "shed_recorded": r["shed_recorded"],
-            }
-            for r in untraced
-            if "offered_x" in r
+            overload(r) for r in untraced if "offered_x" in r and "pending_bound" not in r
         ],
+        "overload_pending_bound": [overload(r) for r in untraced if "pending_bound" in r],
         "connections": {
             str(r["connections"]): {
                 "offered_per_s": r["offered_rate"],
@@ -440,6 +464,10 @@ def ratios(f: dict) -> dict:
     for x in (2.0, 4.0):
         out[f"goodput_{x:g}x_over_capacity"] = by_x[x]["goodput_per_s"] / f["capacity_per_s"]
         out[f"accepted_p99_{x:g}x_over_0.5x"] = by_x[x]["accepted_p99_ms"] / half
+    for o in f["overload_pending_bound"]:
+        x = o["offered_x"]
+        out[f"bounded_goodput_{x:g}x_over_capacity"] = o["goodput_per_s"] / f["capacity_per_s"]
+        out[f"bounded_accepted_p99_{x:g}x_over_0.5x"] = o["accepted_p99_ms"] / half
     for label, _, _ in RESTARTS:  # #18: within 1.5x of steady state
         out[f"warm_start_{label}_p99_over_steady"] = f["warm_start"][label]["p99_x"]
     return {k: round(v, 3) for k, v in out.items()}
@@ -529,14 +557,16 @@ def write_summary(report: dict) -> None:
         "",
         "Past capacity (open loop, multiples of the best rate reached):",
         "",
-        "| offered | goodput /s | accepted p50 ms | accepted p99 ms | shed | shed p99 ms | failed | shed recorded |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| offered | goodput /s | accepted p50 ms | accepted p99 ms | shed | shed p99 ms | dropped | dropped p99 ms | failed | shed or dropped, recorded |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for o in report["overload"]:
+    for o in report["overload"] + report["overload_pending_bound"]:
+        bound = f", SCAN_GRPC_MAX_PENDING={o['pending_bound']}" if "pending_bound" in o else ""
         lines.append(
-            f"| {o['offered_x']:g}x ({o['offered_per_s']:g}/s) | {o['goodput_per_s']:.1f} | "
+            f"| {o['offered_x']:g}x ({o['offered_per_s']:g}/s{bound}) | {o['goodput_per_s']:.1f} | "
             f"{o['accepted_p50_ms']:.2f} | {o['accepted_p99_ms']:.2f} | {o['shed']} | "
-            f"{o['shed_p99_ms']:.2f} | {o['failed']} | {o['shed_recorded']} |"
+            f"{o['shed_p99_ms']:.2f} | {o['dropped']} | {o['dropped_p99_ms']:.2f} | {o['failed']} | "
+            f"{o['shed_recorded']} |"
         )
     warm = report["warm_start"]
     lines += [

@@ -257,6 +257,10 @@ class ServiceSettings:
     traces_sampler: str = ""
     #: How long the warm-up before SERVING may take (libs.server); 0: none.
     warmup_timeout_s: float = 20.0
+    #: `<SVC>_GRPC_MAX_PENDING`: calls gRPC's core holds for the process
+    #: before a handler takes them (libs.server); past it, and surely past
+    #: twice it, core drops new calls unread (CANCELLED); 0: gRPC's default.
+    grpc_max_pending: int = 0
 
     @classmethod
     def read(cls, env: Env, prefix: str, grpc_port: int, metrics_port: int) -> ServiceSettings:
@@ -287,6 +291,7 @@ class ServiceSettings:
             log_level=env.str("LOG_LEVEL", "INFO").upper(),
             traces_sampler=env.str("OTEL_TRACES_SAMPLER", ""),
             warmup_timeout_s=env.float("WARMUP_TIMEOUT_S", 20.0, min=0, max=3600),
+            grpc_max_pending=env.int(f"{prefix}_GRPC_MAX_PENDING", 0, min=0, max=100_000),
         )
 
     def require_peer_token(self, env: Env) -> None:

@@ -248,6 +248,7 @@ class Runtime:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_concurrent_streams", 1000),
+                *_pending_options(settings.grpc_max_pending),
             ],
         )
         handlers.add_to_server(binding.add_to_server, binding.servicer, server)
@@ -416,3 +417,13 @@ async def _serve(
         print(f"treasure-{service}: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pending_options(most: int) -> list[tuple[str, int]]:
+    """gRPC core's bound on the calls it holds before a handler takes them."""
+    if not most:
+        return []
+    return [
+        ("grpc.server.max_pending_requests", most),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * most),
+    ]

@@ -421,7 +421,10 @@ class Stack:
         """A channel to every replica of a service (or to one process, by its
         instance name), closed by `stop()`."""
         target = self.target(service) if service in FIXED_PORTS else self.addr(service)
-        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        # Connections of its own: a new channel after a restart connects anew,
+        # rather than share an older channel's connection still in backoff.
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        channel = grpc.aio.insecure_channel(target, options=options)
         self._channels.append(channel)
         return channel
 

@@ -4,9 +4,12 @@ reflection, trace-id trailer and graceful shutdown, on a real grpc.aio server.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import signal
+import threading
+import time
 
 import grpc
 import pytest
@@ -245,3 +248,65 @@ async def test_a_gate_refuses_before_the_servicer_with_its_status_and_retry_hint
     finally:
         servicer.release.set()
         await runtime.close()
+
+
+async def test_past_its_pending_bound_grpc_core_drops_new_calls_unread():
+    """`<SVC>_GRPC_MAX_PENDING` on a real server: while the process's event
+    loop is busy (here: a gate that blocks it), gRPC's core holds at most
+    twice the bound of calls not yet taken and drops the rest at once,
+    CANCELLED, without the process seeing them; the held ones are served
+    (here: refused by the gate) once the loop is free."""
+    seen: list[float] = []
+    blocked = threading.Event()
+    freed_at: list[float] = []
+
+    def gate(request, time_left):
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            blocked.set()
+            time.sleep(1.0)  # the loop takes no call for a second
+            freed_at.append(time.monotonic())
+        return Unavailable("busy", retry_after_s=0.1, reason="TEST_OVERLOADED")
+
+    servicer = FakeGeo()
+    runtime = Runtime("geo", dataclasses.replace(settings(), grpc_max_pending=2))
+    port = await runtime.serve(
+        Binding(
+            geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
+            geo_pb2_grpc.add_GeoServiceServicer_to_server,
+            servicer,
+            ROLES,
+            multiplexed=MULTIPLEXED,
+            gates={"CheckIn": gate},
+        )
+    )
+
+    def calls() -> list[tuple[grpc.StatusCode, float]]:
+        """From a thread of its own (the server's loop is the one blocked)."""
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = geo_pb2_grpc.GeoServiceStub(channel)
+            metadata = bearer(SERVICE_TOKEN)
+            first = stub.CheckIn.future(geo_pb2.CheckInRequest(), metadata=metadata, timeout=10)
+            assert blocked.wait(5)
+            ended: list[tuple[grpc.StatusCode, float]] = []
+            futures = [
+                stub.CheckIn.future(geo_pb2.CheckInRequest(), metadata=metadata, timeout=10)
+                for _ in range(30)
+            ]
+            for future in futures:
+                future.add_done_callback(lambda f: ended.append((f.code(), time.monotonic())))
+            for future in [first, *futures]:
+                future.exception()  # waits for it
+            return ended
+
+    try:
+        ended = await asyncio.to_thread(calls)
+    finally:
+        await runtime.close()
+    dropped = [at for code, at in ended if code == grpc.StatusCode.CANCELLED]
+    refused = [at for code, at in ended if code == grpc.StatusCode.UNAVAILABLE]
+    assert len(dropped) + len(refused) == 30, ended
+    # Held by core: at most the hard bound (twice 2), and the one it had matched already.
+    assert len(refused) <= 5 and len(seen) <= 6, (len(refused), len(seen))
+    assert all(at < freed_at[0] for at in dropped)  # answered while the loop was blocked
+    assert servicer.check_ins == 0

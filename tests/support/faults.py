@@ -8,7 +8,8 @@ the GPS accuracy of two fixes (`SPACING_M`), so no pace is implausible: every
 scan must come out UNLOCKED. Scans go out at a steady offered rate (open loop:
 one scan every 1/rate s, whatever the answers). Each scan has its own
 `client_scan_id` and, like a real app, is sent again with the SAME id on
-UNAVAILABLE or DEADLINE_EXCEEDED, with backoff, for up to `give_up_s`; any
+UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED (a call dropped unread past
+capacity), with backoff, for up to `give_up_s`; any
 other status ends it (counted by status).
 
 Once the fault has healed and the load has stopped, `wait_drained()` waits
@@ -50,7 +51,11 @@ from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 from treasure.score.v1 import score_pb2, score_pb2_grpc
 
 #: What a mobile client retries, with the same client_scan_id.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: CANCELLED too: past capacity gRPC's core drops a call the scan process had
+#: no room to queue (SCAN_GRPC_MAX_PENDING) before any handler sees it.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 #: Checkpoints of a load's hunt are this far apart: less than two 5 m fixes'
 #: accuracy, which the speed check gives the player, so any pace is plausible.
 SPACING_M = 8.0
