@@ -221,7 +221,9 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
     def first() -> dict:
         r = loadgen("scan", stack.addr("scan"), rate=rate, duration=0, warmup=0,
                     requests=WARM_REQUESTS)  # fmt: skip
-        return {key: r[key] for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms")}
+        return {
+            key: r[key] for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms", "outcomes")
+        }
 
     figures = {"rate_per_s": rate, "requests": WARM_REQUESTS, "steady": first()}
     for label, flush, settings in RESTARTS:
