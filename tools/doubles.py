@@ -39,11 +39,22 @@ async def serve(
 
 class FakeCatalog(geo_pb2_grpc.GeoServiceServicer):
     """GetHunt finds the hunts in `hunts` (every hunt when None); `asked`
-    counts the calls, so a test can see the caller's cache at work."""
+    counts the calls, so a test can see the caller's cache at work. ListHunts
+    pages through `listed`."""
 
-    def __init__(self, hunts: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, hunts: Iterable[str] | None = None, listed: Iterable[geo_pb2.Hunt] = ()
+    ) -> None:
         self.hunts = None if hunts is None else set(hunts)
         self.asked = 0
+        #: What ListHunts answers, two to a page.
+        self.listed = list(listed)
+
+    async def ListHunts(self, request, context):
+        start = int(request.page_token or 0)
+        page = self.listed[start : start + 2]
+        more = start + 2 < len(self.listed)
+        return geo_pb2.ListHuntsResponse(hunts=page, next_page_token=str(start + 2) if more else "")
 
     async def GetHunt(self, request, context):
         self.asked += 1

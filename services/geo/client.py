@@ -7,7 +7,7 @@ declare none of their own."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -145,3 +145,28 @@ class HuntDirectory:
             return None
         self._found.put(hunt_id, True)
         return True
+
+    async def played(
+        self, now: datetime, lead: timedelta, *, limit: int = 1000, timeout_s: float = 5.0
+    ) -> list[str]:
+        """The published hunts played at `now` or starting within `lead`
+        (ListHunts, page by page; at most `limit`), as geo's own warm-up
+        chooses them. Raises the peer's error."""
+        played: list[str] = []
+        token = ""
+        while len(played) < limit:
+            page = await self._stub.ListHunts(
+                geo_pb2.ListHuntsRequest(page_size=100, page_token=token), timeout=timeout_s
+            )
+            for hunt in page.hunts:
+                if (
+                    hunt.status == geo_pb2.HUNT_STATUS_PUBLISHED
+                    and hunt.ends_at.ToDatetime(tzinfo=UTC) > now
+                    and hunt.starts_at.ToDatetime(tzinfo=UTC) <= now + lead
+                ):
+                    self._found.put(hunt.hunt_id, True)
+                    played.append(hunt.hunt_id)
+            token = page.next_page_token
+            if not token:
+                break
+        return played[:limit]

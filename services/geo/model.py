@@ -10,11 +10,15 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from libs import errors
 from libs.geometry import EARTH_RADIUS_M
+
+#: A restarted replica warms the hunts that run now and those starting within
+#: this: geo its catalog, the leaderboard their boards.
+WARM_LEAD = timedelta(hours=1)
 
 #: A scan may be this much further than the radius when the GPS says it is imprecise.
 MAX_ACCURACY_ALLOWANCE_M = 50.0

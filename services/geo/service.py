@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from libs import errors
@@ -33,6 +33,7 @@ from services.geo.cache import CacheUnavailable, GeoCache, Versioned
 from services.geo.config import GeoConfig
 from services.geo.model import (
     LOCATION_TTL_S,
+    WARM_LEAD,
     CheckInResult,
     Checkpoint,
     CheckpointInput,
@@ -54,9 +55,6 @@ from services.geo.store import GeoStore
 log = logging.getLogger(__name__)
 
 _NEARBY_SLACK = 8  # extra candidates asked of Redis before the exact distance filter
-
-#: A restarted replica warms the hunts that run now and those starting within this.
-WARM_LEAD = timedelta(hours=1)
 
 
 def _put_newer(cache: TtlCache[Any, Versioned[Any]], key: Hashable, entry: Versioned[Any]) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from libs import server as bootstrap
 from services.geo.client import HuntDirectory
+from services.geo.model import WARM_LEAD
 from services.leaderboard.cache import CONTRACT, BoardStore
 from services.leaderboard.config import LeaderboardConfig
 from services.leaderboard.rebuild import Rebuilder
@@ -37,10 +39,19 @@ async def running(config: LeaderboardConfig) -> AsyncIterator[bootstrap.Runtime]
             max_hunts=config.max_hunts,
             retry_after_s=config.retry_after_s,
         )
+        directory = HuntDirectory(runtime.channel(config.geo_addr))
+
+        async def warm_boards() -> dict[str, int]:
+            """The boards of the hunts played now or within the hour, rebuilt
+            where missing before SERVING (a Redis that came back empty)."""
+            played = await directory.played(datetime.now(UTC), WARM_LEAD)
+            return {"played_hunts": len(played), "rebuilt": await rebuilder.warm(played)}
+
+        runtime.warm("boards of played hunts", warm_boards)
         board = Leaderboard(
             store,
             rebuilder,
-            HuntDirectory(runtime.channel(config.geo_addr)),
+            directory,
             tracer,
             runtime.metrics,
             top_cache_ms=config.top_cache_ms,

@@ -37,6 +37,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from opentelemetry.trace import Tracer
 
@@ -138,6 +139,18 @@ class Rebuilder:
         end (successfully or not: the caller looks at the board again)."""
         self.remember(hunt_id)
         await asyncio.wait({self._start(hunt_id)}, timeout=timeout_s)
+
+    async def warm(self, hunt_ids: Iterable[str]) -> int:
+        """Rebuilds, one after another, the boards of `hunt_ids` that are
+        missing (a Redis that came back empty), so that none is rebuilt under
+        the first reads and submits; how many it rebuilt."""
+        rebuilt = 0
+        for hunt_id in hunt_ids:
+            self.remember(hunt_id)
+            if not (await self._store.state(hunt_id)).exists:
+                await self.rebuild(hunt_id)
+                rebuilt += 1
+        return rebuilt
 
     @property
     def in_flight(self) -> int:

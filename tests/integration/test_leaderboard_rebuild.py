@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -29,7 +30,10 @@ from tests.support.leaderboard import (
 )
 from tests.support.polling import eventually
 from tests.support.rpcerrors import refused, retry_info
+from tools.doubles import FakeCatalog
+from tools.inprocess import hunt_message
 from tools.localinfra import RedisCluster, RedisServer, free_port
+from treasure.geo.v1 import geo_pb2
 from treasure.leaderboard.v1 import leaderboard_pb2 as pb
 
 HUNT = "h9"
@@ -286,3 +290,41 @@ async def test_everything_works_on_a_redis_cluster(scores):
                 assert [e.rank for e in around.entries] == [1, 2, 3]
     finally:
         cluster.stop()
+
+
+async def test_a_leaderboard_is_serving_only_with_the_boards_of_played_hunts_built(
+    redis_urls, scores
+):
+    """The warm-up: a leaderboard starting on an empty Redis rebuilds, before
+    it reports SERVING, the boards of the hunts geo lists as played now or
+    within the hour, and no other; a board already there is left alone."""
+    fake, address = scores
+    now = datetime.now(UTC)
+    played = fill(fake, "played", 700)
+    fill(fake, "later", 40, seed=2)
+    fill(fake, "draft", 40, seed=3)
+    fill(fake, "over", 40, seed=4)
+    catalog = FakeCatalog(
+        listed=[
+            hunt_message("played"),
+            hunt_message("later", starts_at=now + timedelta(hours=3)),
+            hunt_message("draft", status=geo_pb2.HUNT_STATUS_DRAFT),
+            hunt_message("over", starts_at=now - timedelta(hours=3), ends_at=now),
+            hunt_message("soon", starts_at=now + timedelta(minutes=30)),  # no scores yet
+        ]
+    )
+    url = redis_urls["leaderboard"]
+    await flush(url)
+    redis = rediskit.connect(url)
+    try:
+        async with leaderboard(url, address, catalog=catalog, WARMUP_TIMEOUT_S="20") as lb:
+            # SERVING: before any read or submit, the played boards are built.
+            assert await redis.exists(keys.meta("played")) and await redis.exists(keys.meta("soon"))
+            for other in ("later", "draft", "over"):
+                assert not await redis.exists(keys.meta(other)), other
+            assert rows(await whole_board(lb, "played")) == expected(played)
+            built = await redis.hget(keys.meta("played"), "build")
+        async with leaderboard(url, address, catalog=catalog, WARMUP_TIMEOUT_S="20"):
+            assert await redis.hget(keys.meta("played"), "build") == built  # not rebuilt
+    finally:
+        await redis.aclose()
