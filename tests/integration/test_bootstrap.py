@@ -19,10 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from libs.config import Env, ServiceSettings
 from libs.errors import Unavailable
 from libs.logs import JsonFormatter
-from libs.server import Binding, Runtime
-from services.geo.server import MULTIPLEXED, ROLES
+from libs.server import Runtime
 from tests.support.env import ADMIN_TOKEN, CLIENT_TOKEN, SERVICE_TOKEN, bearer
-from tests.support.fakes import FakeGeo
+from tests.support.fakes import FakeGeo, geo_binding
 from tests.support.rpcerrors import error_info, retry_info
 from tests.support.services import wait_serving
 from tools.inprocess import service_env
@@ -41,13 +40,7 @@ def settings() -> ServiceSettings:
 async def served():
     servicer = FakeGeo()
     runtime = Runtime("geo", settings())
-    binding = Binding(
-        geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
-        geo_pb2_grpc.add_GeoServiceServicer_to_server,
-        servicer,
-        ROLES,
-        multiplexed=MULTIPLEXED,
-    )
+    binding = geo_binding(servicer)
     port = await runtime.serve(binding)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield runtime, servicer, channel
@@ -212,16 +205,7 @@ async def test_a_gate_refuses_before_the_servicer_with_its_status_and_retry_hint
         return refused if closed[0] else None
 
     runtime = Runtime("geo", settings())
-    port = await runtime.serve(
-        Binding(
-            geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
-            geo_pb2_grpc.add_GeoServiceServicer_to_server,
-            servicer,
-            ROLES,
-            multiplexed=MULTIPLEXED,
-            gates={"CheckIn": gate},
-        )
-    )
+    port = await runtime.serve(geo_binding(servicer, gates={"CheckIn": gate}))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = geo_pb2_grpc.GeoServiceStub(channel)
@@ -270,16 +254,7 @@ async def test_past_its_pending_bound_grpc_core_drops_new_calls_unread():
 
     servicer = FakeGeo()
     runtime = Runtime("geo", dataclasses.replace(settings(), grpc_max_pending=2))
-    port = await runtime.serve(
-        Binding(
-            geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
-            geo_pb2_grpc.add_GeoServiceServicer_to_server,
-            servicer,
-            ROLES,
-            multiplexed=MULTIPLEXED,
-            gates={"CheckIn": gate},
-        )
-    )
+    port = await runtime.serve(geo_binding(servicer, gates={"CheckIn": gate}))
 
     def calls() -> list[tuple[grpc.StatusCode, float]]:
         """From a thread of its own (the server's loop is the one blocked)."""

@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from libs import errors
 from libs.channels import PeerChannel, open_channel
 from libs.config import Env, ServiceSettings, peer_target
-from libs.server import Binding, Runtime
+from libs.server import Runtime
 from services.geo.client import CHECK_IN, CHECK_IN_STREAM
-from services.geo.server import MULTIPLEXED, ROLES
 from tests.support.env import CLIENT_TOKEN, SERVICE_TOKEN
+from tests.support.fakes import geo_binding
 from tests.support.polling import eventually
 from tests.support.rpcerrors import bad_fields, error_info, retry_info
 from tools.inprocess import service_env
@@ -70,15 +70,7 @@ def _settings(prefix: str, **extra: str) -> ServiceSettings:
 async def _serve(servicer: Echoing, port: int = 0) -> Runtime:
     listen = {"GEO_GRPC_LISTEN": f"127.0.0.1:{port}"} if port else {}
     runtime = Runtime("geo", _settings("GEO", **listen))
-    await runtime.serve(
-        Binding(
-            geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
-            geo_pb2_grpc.add_GeoServiceServicer_to_server,
-            servicer,
-            ROLES,
-            multiplexed=MULTIPLEXED,
-        )
-    )
+    await runtime.serve(geo_binding(servicer))
     return runtime
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from libs.errors import InvalidArgument
+from libs.server import Binding
+from services.geo.server import MULTIPLEXED, ROLES
 from tests.support.env import CLIENT_TOKEN
 from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 
@@ -32,3 +34,16 @@ class FakeGeo(geo_pb2_grpc.GeoServiceServicer):
 
     async def ListHunts(self, request, context):
         raise RuntimeError(f"boom with {CLIENT_TOKEN} inside")
+
+
+def geo_binding(servicer: geo_pb2_grpc.GeoServiceServicer, **options) -> Binding:
+    """The geo service's binding (its roles and multiplexed methods) around
+    `servicer`; `options`: more Binding fields, such as `gates`."""
+    return Binding(
+        geo_pb2.DESCRIPTOR.services_by_name["GeoService"],
+        geo_pb2_grpc.add_GeoServiceServicer_to_server,
+        servicer,
+        ROLES,
+        multiplexed=MULTIPLEXED,
+        **options,
+    )
