@@ -156,7 +156,9 @@ class HuntDirectory:
         token = ""
         while len(played) < limit:
             page = await self._stub.ListHunts(
-                geo_pb2.ListHuntsRequest(page_size=100, page_token=token), timeout=timeout_s
+                geo_pb2.ListHuntsRequest(page_size=100, page_token=token),
+                timeout=timeout_s,
+                wait_for_ready=True,  # geo may be starting beside us (a whole stack, a rollout)
             )
             for hunt in page.hunts:
                 if (

@@ -34,7 +34,7 @@ ROLES = {
     "CreateHunt": ADMIN,
     "UpdateHunt": ADMIN,
     "GetHunt": PUBLIC | INTERNAL,  # score and the leaderboard ask whether a hunt exists
-    "ListHunts": PUBLIC,
+    "ListHunts": PUBLIC | INTERNAL,  # the leaderboard lists the played hunts to warm their boards
     "UpsertCheckpoint": ADMIN,
     "ListCheckpoints": PUBLIC,
     "DeactivateCheckpoint": ADMIN,

@@ -49,7 +49,8 @@ ALLOWED: dict[str, dict[str, frozenset[Role]]] = {
         "RefreshTiles": frozenset({ADMIN}),
         # score and the leaderboard ask whether a hunt exists
         "GetHunt": frozenset({CLIENT, ADMIN, SERVICE}),
-        "ListHunts": PUBLIC,
+        # the leaderboard lists the played hunts to warm their boards
+        "ListHunts": frozenset({CLIENT, ADMIN, SERVICE}),
         "ListCheckpoints": PUBLIC,
         "UpdateLocation": PUBLIC,
         "GetPlayerLocation": PUBLIC,
