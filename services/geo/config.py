@@ -34,15 +34,14 @@ class GeoConfig:
     tile_refresh_s: float
     #: Deadline of one REFRESH MATERIALIZED VIEW CONCURRENTLY.
     tile_refresh_timeout_s: float
-    #: L1 tile cache: entries, and the largest tile it keeps (so it is bounded in bytes
-    #: by entries x max bytes).
+    #: L1 tile cache (services/geo/tile_cache.py): the bytes of tile data it
+    #: holds, its entries, and the largest tile it keeps.
+    tile_cache_bytes: int
     tile_cache_entries: int
     tile_cache_max_tile_bytes: int
-    tile_cache_ttl_s: float
-
-    @property
-    def tile_cache_budget_bytes(self) -> int:
-        return self.tile_cache_entries * self.tile_cache_max_tile_bytes
+    #: How often the view's refresh time is read: the bound on how long a
+    #: replica serves tiles of a refresh another replica has superseded.
+    tile_view_poll_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GeoConfig:
@@ -64,11 +63,14 @@ class GeoConfig:
             live_bucket_s=env.int("GEO_LIVE_BUCKET_S", 20, min=1, max=60),
             tile_refresh_s=env.float("GEO_TILE_REFRESH_S", 300.0, min=1, max=7 * 86400),
             tile_refresh_timeout_s=env.float("GEO_TILE_REFRESH_TIMEOUT_S", 300.0, min=1, max=3600),
-            tile_cache_entries=env.int("GEO_TILE_CACHE_ENTRIES", 4096, min=1, max=1_000_000),
+            tile_cache_bytes=env.int(
+                "GEO_TILE_CACHE_BYTES", 64 * 1024 * 1024, min=0, max=64 * 1024 * 1024 * 1024
+            ),
+            tile_cache_entries=env.int("GEO_TILE_CACHE_ENTRIES", 100_000, min=1, max=10_000_000),
             tile_cache_max_tile_bytes=env.int(
                 "GEO_TILE_CACHE_MAX_TILE_BYTES", 16 * 1024, min=0, max=256 * 1024
             ),
-            tile_cache_ttl_s=env.float("GEO_TILE_CACHE_TTL_S", 5.0, min=0.01, max=3600),
+            tile_view_poll_s=env.float("GEO_TILE_VIEW_POLL_S", 1.0, min=0.01, max=300),
         )
         if config.pg_pool_min > config.pg_pool_max:
             env.problem("GEO_PG_POOL_MIN must be <= GEO_PG_POOL_MAX")

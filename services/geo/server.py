@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from libs import paging, validate
 from libs.auth import ADMIN, INTERNAL, PUBLIC
 from libs.cache import MISSING, TtlCache
@@ -236,6 +238,7 @@ class _ProtoMemo:
         self._checkpoints: TtlCache[tuple[str, int], geo_pb2.Checkpoint] = TtlCache(
             max_entries, ttl_s
         )
+        self._refreshed_at: tuple[datetime, Timestamp] | None = None
 
     def hunt(self, hunt: Hunt) -> geo_pb2.Hunt:
         key = (hunt.hunt_id, hunt.version)
@@ -244,6 +247,13 @@ class _ProtoMemo:
             pb = hunt_pb(hunt)
             self._hunts.put(key, pb)
         return pb
+
+    def refreshed_at(self, at: datetime) -> Timestamp:
+        """The view's refresh time as a proto: the same for every GetTile of
+        one refresh, so built once per refresh."""
+        if self._refreshed_at is None or self._refreshed_at[0] != at:
+            self._refreshed_at = (at, timestamp(at))
+        return self._refreshed_at[1]
 
     def checkpoint(self, cp: Checkpoint) -> geo_pb2.Checkpoint:
         key = (cp.tag_id, cp.version)
@@ -343,13 +353,13 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
                 not_modified=True,
                 version=tile.version,
                 content_type=tile.content_type,
-                view_refreshed_at=timestamp(read.refreshed_at),
+                view_refreshed_at=self._memo.refreshed_at(read.refreshed_at),
             )
         return geo_pb2.GetTileResponse(
             version=tile.version,
             data=tile.data,
             content_type=tile.content_type,
-            view_refreshed_at=timestamp(read.refreshed_at),
+            view_refreshed_at=self._memo.refreshed_at(read.refreshed_at),
         )
 
     # -- check-in and locations -----------------------------------------------

@@ -51,6 +51,7 @@ from services.geo.model import (
     allowed_m,
 )
 from services.geo.store import GeoStore
+from services.geo.tile_cache import TileCache
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,12 @@ class Geo:
             config.l1_entries, config.l1_ttl_s
         )
         self._hunts: TtlCache[str, Versioned[Hunt]] = TtlCache(config.l1_entries, config.l1_ttl_s)
-        self._tiles: TtlCache[tuple[str, int, int], TileRead] = TtlCache(
-            config.tile_cache_entries, config.tile_cache_ttl_s
+        self._tiles = TileCache(
+            config.tile_cache_bytes, config.tile_cache_entries, config.tile_cache_max_tile_bytes
         )
-        self._tile_max_bytes = config.tile_cache_max_tile_bytes
+        #: Carrying the cached tiles over to a newer refresh of the view (or None).
+        self._tile_carry: asyncio.Task[None] | None = None
+        self._view_poll_s = config.tile_view_poll_s
         self._l1_entries = config.l1_entries
         self._tag_flight: SingleFlight[str, Versioned[Checkpoint]] = SingleFlight()
         self._hunt_flight: SingleFlight[str, Versioned[Hunt]] = SingleFlight()
@@ -106,6 +109,16 @@ class Geo:
         self._hunt_counts = _Counters(metrics, "hunt", ("l1", "redis"))
         self._set_counts = _Counters(metrics, "checkpoint_set", ("redis",))
         self._tile_counts = _Counters(metrics, "tile", ("l1",))
+        self._tiles_carried = metrics.counter(
+            "geo_tile_cache_carried_total",
+            "Cached tiles checked against a newer refresh of the view: kept (unchanged) or dropped.",
+            ("result",),
+        )
+        metrics.gauge_fn(
+            "geo_tile_cache_bytes",
+            "Bytes of tile data in the in-process tile cache (GEO_TILE_CACHE_BYTES bounds it).",
+            lambda: self._tiles.bytes,
+        )
         metrics.gauge_fn(
             "geo_tile_view_age_seconds",
             "Seconds since the tile view (geo.hunt_tile_mv) was last refreshed.",
@@ -414,7 +427,12 @@ class Geo:
         self.check_cell(await self.require_hunt(hunt_id), x, y)
         key = (hunt_id, x, y)
         read = self._tiles.get(key)
-        if read is MISSING:
+        if read is None and self._tile_carry is not None:
+            # A newer refresh is being carried over: one query for every cached
+            # tile rather than one per tile (asyncio.wait: it never raises).
+            await asyncio.wait([self._tile_carry])
+            read = self._tiles.get(key)
+        if read is None:
             self._tile_counts.miss["l1"].inc()
             read = await self._tile_flight.do(key, lambda: self._load_tile(key))
         else:
@@ -426,15 +444,39 @@ class Geo:
     async def _load_tile(self, key: tuple[str, int, int]) -> TileRead:
         read = await self._store.get_tile(*key, seen_refresh_s=self._view_refreshed_at)
         self._note_refresh(read.refreshed_at.timestamp())
-        if read.tile is None or len(read.tile.data) <= self._tile_max_bytes:
-            self._tiles.put(key, read)
+        self._tiles.put(key, read)  # unless larger than GEO_TILE_CACHE_MAX_TILE_BYTES
         return read
+
+    async def _carry_over(self) -> None:
+        """Brings the cached tiles to the newest refresh of the view: per hunt,
+        one query of the cached cells' versions; the unchanged ones are kept,
+        the others dropped (read again when asked for). Runs until no newer
+        refresh came meanwhile. On a failure the stale entries stay unused and
+        each is read again on its own."""
+        try:
+            while True:
+                epoch = self._tiles.epoch
+                for hunt_id, cells in self._tiles.held(refreshed_before=epoch).items():
+                    versions, refreshed_at = await self._store.tile_versions(
+                        hunt_id, [(x, y) for _, x, y in cells], seen_refresh_s=epoch
+                    )
+                    kept = self._tiles.carry_over(
+                        {(hunt_id, x, y): v for (x, y), v in versions.items()}, refreshed_at
+                    )
+                    self._tiles_carried.labels("kept").inc(kept)
+                    self._tiles_carried.labels("dropped").inc(len(cells) - kept)
+                    self._note_refresh(refreshed_at.timestamp(), carry=False)
+                if self._tiles.epoch <= epoch:
+                    return
+        except Exception as error:  # noqa: BLE001 - logged; the tiles are read one by one
+            log.warning("tile cache not carried over to the view's refresh: %r", error)
+        finally:
+            self._tile_carry = None
 
     async def refresh_tiles(self) -> TileRefresh:
         started = time.monotonic()
         result = await self._store.refresh_tiles(self._refresh_timeout_s)
         self._note_refresh(result.refreshed_at.timestamp())
-        self._tiles.clear()
         if result.refreshed:
             log.info(
                 "tile view refreshed at %s in %.3fs",
@@ -449,22 +491,28 @@ class Geo:
         return result
 
     async def refresh_loop(self) -> None:
-        """Refreshes the view whenever it is older than the interval (whoever
-        refreshed it last), so replicas share one schedule."""
+        """Reads the view's refresh time every GEO_TILE_VIEW_POLL_S, so a
+        refresh by another replica reaches this process's tile cache within
+        that; and refreshes the view whenever it is older than the interval
+        (whoever refreshed it last), so replicas share one schedule, trying
+        again no sooner than one interval after a try."""
+        next_try = 0.0
         while True:
             last = (await self._store.last_refresh()).timestamp()
             self._note_refresh(last)
-            age = self._clock() - last
-            if age >= self._refresh_every_s:
+            if self._clock() - last >= self._refresh_every_s and time.monotonic() >= next_try:
+                next_try = time.monotonic() + self._refresh_every_s
                 await self.refresh_tiles()
-                wait = self._refresh_every_s
-            else:
-                wait = self._refresh_every_s - age
-            await asyncio.sleep(max(wait, 1.0))
+            await asyncio.sleep(self._view_poll_s)
 
-    def _note_refresh(self, at: float) -> None:
+    def _note_refresh(self, at: float, carry: bool = True) -> None:
+        """A refresh of the view at `at` (Unix s) was seen: the newest so far
+        makes the cached tiles stale, and (`carry`) starts carrying them over."""
         if at > self._view_refreshed_at:
             self._view_refreshed_at = at
+            self._tiles.epoch = at
+            if carry and self._tile_carry is None and len(self._tiles):
+                self._tile_carry = asyncio.ensure_future(self._carry_over())
 
     def _view_age(self) -> float:
         if not self._view_refreshed_at:

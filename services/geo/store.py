@@ -169,6 +169,15 @@ FROM geo.tile_refreshes r
 LEFT JOIN geo.hunt_tile_mv t ON t.hunt_id = $1 AND t.x = $2 AND t.y = $3
 WHERE r.view_name = '{TILE_VIEW}'"""
 
+# The versions of some cells of one hunt in the view (NULL: not in it), with
+# the view's refresh time: one snapshot, so both are of the same refresh.
+_TILE_VERSIONS = f"""
+SELECT r.refreshed_at, c.x, c.y, t.version
+FROM geo.tile_refreshes r
+CROSS JOIN unnest($2::int[], $3::int[]) AS c(x, y)
+LEFT JOIN geo.hunt_tile_mv t ON t.hunt_id = $1 AND t.x = c.x AND t.y = c.y
+WHERE r.view_name = '{TILE_VIEW}'"""
+
 _LAST_REFRESH = f"SELECT refreshed_at FROM geo.tile_refreshes WHERE view_name = '{TILE_VIEW}'"
 
 _TRY_LOCK = f"""
@@ -252,7 +261,7 @@ class GeoStore:
             for name in (
                 "create_hunt", "update_hunt", "get_hunt", "list_hunts", "upsert_checkpoint",
                 "deactivate_checkpoint", "list_checkpoints", "tag", "active_checkpoints",
-                "played_catalog", "put_tile", "get_tile", "last_refresh", "refresh_tiles",
+                "played_catalog", "put_tile", "get_tile", "tile_versions", "last_refresh", "refresh_tiles",
             )
         }  # fmt: skip
 
@@ -465,6 +474,26 @@ class GeoStore:
         if row["version"] is not None:
             tile = Tile(row["version"], row["content_type"], row["data"])
         return TileRead(tile, row["refreshed_at"])
+
+    @unavailable_when_down("read the tile versions")
+    async def tile_versions(
+        self, hunt_id: str, cells: list[tuple[int, int]], seen_refresh_s: float = 0.0
+    ) -> tuple[dict[tuple[int, int], int | None], datetime]:
+        """The view's version of each cell (None: not in the view) and the
+        view's refresh time, in one query; from the read replica on the same
+        terms as get_tile."""
+        self._count["tile_versions"].inc()
+        rows = await self._reads.fetch(
+            _TILE_VERSIONS,
+            hunt_id,
+            [x for x, _ in cells],
+            [y for _, y in cells],
+            timeout=self._timeout,
+            fresh=lambda rs: bool(rs) and rs[0]["refreshed_at"].timestamp() >= seen_refresh_s,
+        )
+        if not rows:  # no cells asked: the refresh time alone
+            return {}, await self.last_refresh()
+        return {(r["x"], r["y"]): r["version"] for r in rows}, rows[0]["refreshed_at"]
 
     @unavailable_when_down("read the tile view age")
     async def last_refresh(self) -> datetime:

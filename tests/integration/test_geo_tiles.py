@@ -166,3 +166,50 @@ async def test_get_tile_is_not_blocked_by_a_refresh_of_a_large_view(geo, pg_dsn)
     finally:
         await blocker.close()
     assert (await get_tile(geo, 3, 4)).data == b"new"
+
+
+async def test_a_refresh_carries_the_cached_tiles_over_in_one_query(geo):
+    for x in range(5):
+        await put_tile(geo, f"v1-{x}".encode(), 1, x=x)
+    await refresh(geo)
+    for x in range(6):  # (5, 0) is not in the view: its absence is cached too
+        await (get_tile(geo, x=x) if x < 5 else status_of(get_tile(geo, x=x)))
+    await put_tile(geo, b"v2-0", 2, x=0)
+    await put_tile(geo, b"v1-5", 1, x=5)
+    reads, carries = geo.queries("get_tile"), geo.queries("tile_versions")
+
+    await refresh(geo)
+    # One query for the six cached cells; the two that changed are read again.
+    tiles = [await get_tile(geo, x=x) for x in range(6)]
+    assert [(t.version, t.data) for t in tiles] == [(2, b"v2-0")] + [
+        (1, f"v1-{x}".encode()) for x in range(1, 6)
+    ]
+    assert {t.view_refreshed_at.ToDatetime() for t in tiles} == {
+        tiles[0].view_refreshed_at.ToDatetime()
+    }  # every answer is of the new refresh
+    assert geo.queries("tile_versions") - carries == 1
+    assert geo.queries("get_tile") - reads == 2
+    kept = geo.runtime.metrics.registry.get_sample_value(
+        "geo_tile_cache_carried_total", {"result": "kept"}
+    )
+    assert kept == 4
+
+
+async def test_another_replicas_refresh_reaches_the_cache_within_the_poll(pg_dsn, redis_urls):
+    async with (
+        geo_service(pg_dsn, redis_urls["geo"], GEO_TILE_VIEW_POLL_S="0.1") as geo,
+        geo_service(pg_dsn, redis_urls["geo"]) as other,
+    ):
+        await create_hunt(geo, "h1")
+        await put_tile(geo, b"v1", 1)
+        await refresh(geo)
+        assert (await get_tile(geo)).data == b"v1"
+        await put_tile(geo, b"v2", 2)
+        assert (await get_tile(geo)).data == b"v1"  # cached, and the view's anyway
+        await refresh(other)
+        # The poll sees the other replica's refresh: the cached copy is not served any more.
+        seen = await eventually(
+            lambda: get_tile(geo), until=lambda t: t.version == 2, timeout_s=2,
+            what="the other replica's refresh to reach geo's tile cache",
+        )  # fmt: skip
+        assert seen.data == b"v2"

@@ -22,9 +22,12 @@ from services.geo.model import (
     Grid,
     Hunt,
     HuntStatus,
+    Tile,
+    TileRead,
     allowed_m,
     geo_indexable,
 )
+from services.geo.tile_cache import ENTRY_OVERHEAD_BYTES, TileCache
 
 
 def test_allowed_distance_adds_at_most_50_m_of_accuracy():
@@ -64,7 +67,7 @@ def test_cache_encodings_round_trip():
 def test_config_defaults_and_problems():
     config = GeoConfig.from_env({"GEO_PG_DSN": "postgresql://x/y", "GEO_REDIS_URL": "redis://r"})
     assert config.tile_refresh_s == 300 and config.l1_ttl_s == 5
-    assert config.tile_cache_budget_bytes == 4096 * 16 * 1024
+    assert (config.tile_cache_bytes, config.tile_cache_entries) == (64 * 1024 * 1024, 100_000)
     with pytest.raises(ConfigError) as err:
         GeoConfig.from_env(
             {"GEO_TILE_REFRESH_S": "0", "GEO_PG_POOL_MIN": "9", "GEO_PG_POOL_MAX": "3"}
@@ -93,3 +96,51 @@ def test_a_grid_across_the_antimeridian():
     assert grid.covers(-16.99, -179.95)  # 0.15 deg east of the origin, across 180
     assert grid.tile_of(-16.99, -179.95)[0] == grid.tile_of(-16.99, 180.05)[0]
     assert not grid.covers(-16.99, 179.85)  # west of the origin
+
+
+def _read(version: int | None, at: float, size: int = 10) -> TileRead:
+    tile = None if version is None else Tile(version, "image/png", b"x" * size)
+    return TileRead(tile, datetime.fromtimestamp(at, UTC))
+
+
+def test_the_tile_cache_is_bounded_in_bytes_least_recently_used_first():
+    cache = TileCache(
+        max_bytes=3 * (ENTRY_OVERHEAD_BYTES + 100), max_entries=100, max_tile_bytes=200
+    )
+    for x in range(3):
+        assert cache.put(("h", x, 0), _read(1, 10.0, size=100))
+    assert cache.get(("h", 0, 0)) is not None  # (h, 1, 0) is now the least recently used
+    assert cache.put(("h", 3, 0), _read(1, 10.0, size=100))
+    assert [cache.get(("h", x, 0)) is not None for x in range(4)] == [True, False, True, True]
+    assert cache.bytes == 3 * (ENTRY_OVERHEAD_BYTES + 100) and len(cache) == 3
+    assert not cache.put(("h", 9, 0), _read(1, 10.0, size=201))  # larger than a tile may be
+    # Absent tiles cost their entry: the entry bound holds them too.
+    small = TileCache(max_bytes=10**9, max_entries=2, max_tile_bytes=200)
+    for x in range(3):
+        small.put(("h", x, 0), _read(None, 10.0))
+    assert len(small) == 2 and small.get(("h", 0, 0)) is None
+
+
+def test_a_cached_tile_answers_until_a_newer_refresh_and_is_carried_over_if_unchanged():
+    cache = TileCache(max_bytes=10**6, max_entries=100, max_tile_bytes=100)
+    cache.epoch = 10.0
+    for x, version in ((0, 1), (1, 1), (2, None)):
+        cache.put(("h", x, 0), _read(version, 10.0))
+    cache.put(("other", 0, 0), _read(4, 10.0))
+    assert cache.get(("h", 0, 0)) is not None and not cache.stale()
+    assert not cache.put(("h", 0, 0), _read(0, 9.0))  # never an older read over a newer one
+
+    cache.epoch = 20.0  # a newer refresh seen: nothing answers until carried over
+    assert cache.stale() and all(cache.get(("h", x, 0)) is None for x in range(3))
+    assert {hunt: sorted(cells) for hunt, cells in cache.held(refreshed_before=20.0).items()} == {
+        "h": [("h", 0, 0), ("h", 1, 0), ("h", 2, 0)], "other": [("other", 0, 0)]
+    }  # fmt: skip
+    refreshed = datetime.fromtimestamp(20.0, UTC)
+    # In the new view: (0, 0) unchanged, (1, 0) at version 2, (2, 0) still absent.
+    kept = cache.carry_over({("h", 0, 0): 1, ("h", 1, 0): 2, ("h", 2, 0): None}, refreshed)
+    assert kept == 2
+    assert cache.get(("h", 0, 0)) == _read(1, 20.0)
+    assert cache.get(("h", 1, 0)) is None and ("h", 1, 0) not in cache.held(30.0).get("h", [])
+    assert cache.get(("h", 2, 0)) == _read(None, 20.0)
+    assert cache.get(("other", 0, 0)) is None  # its hunt not carried over yet
+    assert cache.bytes == 3 * ENTRY_OVERHEAD_BYTES + 2 * 10
