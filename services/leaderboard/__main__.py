@@ -58,7 +58,9 @@ async def running(config: LeaderboardConfig) -> AsyncIterator[bootstrap.Runtime]
             top_cache_entries=config.top_cache_entries,
             retry_after_s=config.retry_after_s,
         )
-        hub = WatchHub(board, runtime.metrics, rate_per_s=config.watch_rate)
+        hub = WatchHub(
+            board, runtime.metrics, rate_per_s=config.watch_rate, poll_s=config.watch_poll_s
+        )
         runtime.background("leaderboard-rebuilds", rebuilder.run)
         await runtime.serve(binding(LeaderboardServicer(board, hub)))
         try:

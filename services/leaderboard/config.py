@@ -21,6 +21,9 @@ class LeaderboardConfig:
     top_cache_entries: int = 2048
     #: WatchTop pushes at most this many boards per second to each watcher.
     watch_rate: float = 4.0
+    #: How often a watched board's change marker is polled (changes applied by
+    #: other replicas); None: once per 1 / watch_rate.
+    watch_poll_s: float | None = None
     #: Boards this process has seen are rebuilt this often (0 disables).
     reconcile_s: float = 600.0
     #: Deadline of one rebuild's StreamScores call.
@@ -51,6 +54,7 @@ class LeaderboardConfig:
                 "LEADERBOARD_TOP_CACHE_ENTRIES", cls.top_cache_entries, min=1, max=1_000_000
             ),
             watch_rate=env.float("LEADERBOARD_WATCH_RATE", cls.watch_rate, min=0.1, max=100.0),
+            watch_poll_s=env.float("LEADERBOARD_WATCH_POLL_S", 0.0, min=0.0, max=3600) or None,
             reconcile_s=env.float(
                 "LEADERBOARD_RECONCILE_S", cls.reconcile_s, min=0.0, max=86_400.0
             ),

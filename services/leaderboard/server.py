@@ -103,9 +103,9 @@ class LeaderboardServicer(leaderboard_pb2_grpc.LeaderboardServiceServicer):
     async def SubmitScores(
         self, request: leaderboard_pb2.SubmitScoresRequest, context: grpc.aio.ServicerContext
     ) -> leaderboard_pb2.SubmitScoresResponse:
-        counts = await self._board.submit(
-            _updates(request), wait_s=Budget.of(context).timeout(1.0, 0.2)
-        )
+        updates = _updates(request)
+        counts = await self._board.submit(updates, wait_s=Budget.of(context).timeout(1.0, 0.2))
+        self._hub.changed(updates)
         return leaderboard_pb2.SubmitScoresResponse(applied=counts.applied, stale=counts.stale)
 
     async def GetTop(

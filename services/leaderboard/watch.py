@@ -1,9 +1,12 @@
 """WatchTop: one watcher loop per hunt per process, however many clients watch.
 
-A hunt's loop polls the board's change marker (`build`, `seq` in
-`keys.meta`; one cheap round trip) at most LEADERBOARD_WATCH_RATE times per
-second and reads the top (of the largest limit any watcher asked for) only
-when it changed. Each watcher has a mailbox of size one where the latest
+A hunt's loop reads the top (of the largest limit any watcher asked for) at
+most LEADERBOARD_WATCH_RATE times per second, and only when the board's
+change marker (`build`, `seq` in `keys.meta`; one cheap round trip) moved. It
+learns of a change at once when this process applied it (`changed`, from
+SubmitScores: the read follows as soon as the rate allows), and by polling
+the marker every LEADERBOARD_WATCH_POLL_S for changes that other replicas
+applied. Each watcher has a mailbox of size one where the latest
 board wins, so a slow client only ever skips boards and never slows the loop
 or the other watchers. A watcher gets its first board at once (from the
 loop's last read when it covers its limit, else the loop reads at once for the
@@ -19,6 +22,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Iterable
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -95,6 +99,8 @@ class _Feed:
         self.wake = asyncio.Event()
         self.snapshot: TopSnapshot | None = None
         self.snapshot_limit = 0
+        #: This process applied a change to the board since the last poll.
+        self.changed = False
         self.task: asyncio.Task[None] | None = None
 
     def max_limit(self) -> int:
@@ -112,9 +118,16 @@ class _Feed:
 class WatchHub:
     """Every WatchTop stream of this process, grouped by hunt."""
 
-    def __init__(self, board: Leaderboard, metrics: Metrics, rate_per_s: float = 4.0) -> None:
+    def __init__(
+        self,
+        board: Leaderboard,
+        metrics: Metrics,
+        rate_per_s: float = 4.0,
+        poll_s: float | None = None,
+    ) -> None:
         self._board = board
         self._interval = 1.0 / rate_per_s
+        self._poll_s = self._interval if poll_s is None else poll_s
         self._feeds: dict[str, _Feed] = {}
         self._closed = False
         metrics.gauge_fn("leaderboard_watch_loops", "Watcher loops running.", lambda: self.loops)
@@ -150,6 +163,15 @@ class WatchHub:
             feed.wake.set()
         return subscription
 
+    def changed(self, hunt_ids: Iterable[str]) -> None:
+        """This process changed these hunts' boards: their watchers' loops
+        look now (as soon as their rate allows) rather than at the next poll."""
+        for hunt_id in hunt_ids:
+            feed = self._feeds.get(hunt_id)
+            if feed is not None:
+                feed.changed = True
+                feed.wake.set()
+
     def _leave(self, feed: _Feed, subscription: Subscription) -> None:
         feed.subscriptions.discard(subscription)
         if not feed.subscriptions:
@@ -182,12 +204,14 @@ class WatchHub:
         self._feeds.clear()
 
     async def _loop(self, feed: _Feed) -> None:
-        interval = self._interval
-        next_tick = 0.0
+        interval, poll_s = self._interval, self._poll_s
+        next_poll = 0.0  # the marker's next poll
+        read_at = 0.0  # the earliest next read of the board for every watcher
         last_change: tuple[str, int] | None = None
         with suppress_instrumentation():  # polls are not traces
             while True:
-                delay = next_tick - time.monotonic()
+                due = min(next_poll, read_at) if feed.changed else next_poll
+                delay = due - time.monotonic()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(feed.wake.wait(), delay)
@@ -195,18 +219,25 @@ class WatchHub:
                 fresh = [s for s in feed.subscriptions if s.fresh]
                 now = time.monotonic()
                 try:
-                    if now >= next_tick:
-                        next_tick = now + interval
+                    if now >= next_poll or (feed.changed and now >= read_at):
+                        feed.changed = False
+                        next_poll = now + poll_s
                         state = await self._board.state(feed.hunt_id)
                         change = (state.build, state.seq)
-                        if change != last_change:
+                        if change != last_change and now >= read_at:
+                            if last_change is not None:  # the first read: everyone's first board
+                                read_at = now + interval
                             await self._read(feed, list(feed.subscriptions))
                             last_change = change
+                        elif change != last_change:  # polled before the rate allows a read
+                            feed.changed = True
+                            if fresh:
+                                await self._read(feed, fresh)
                         elif fresh:
                             await self._read(feed, fresh)
                     elif fresh:
                         await self._read(feed, fresh)
-                except errors.ServiceError as exc:  # Redis unreachable: try at the next tick
+                except errors.ServiceError as exc:  # Redis unreachable: try at the next poll
                     log.warning("watch loop of hunt %s: %s", feed.hunt_id, exc)
 
     async def _read(self, feed: _Feed, to: list[Subscription]) -> None:

@@ -169,3 +169,21 @@ async def test_watching_a_missing_board_builds_it_first(lb, scores):
         lb.stub.WatchTop(pb.WatchTopRequest(hunt_id="unbuildable"), metadata=lb.client).read()
     )
     assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_change_applied_here_is_pushed_without_waiting_for_the_poll(redis_urls, scores):
+    # One board per 10 s at most, the marker polled once an hour: only SubmitScores's
+    # nudge can push the change within the test (the loop's first read, the first
+    # board, does not start the 10 s).
+    settings = {"LEADERBOARD_WATCH_RATE": "0.1", "LEADERBOARD_WATCH_POLL_S": "3600"}
+    async with leaderboard(redis_urls["leaderboard"], scores[1], **settings) as lb:
+        await lb.stub.RebuildBoard(pb.RebuildBoardRequest(hunt_id=HUNT), metadata=lb.admin)
+        await seed(lb, 3)
+        call = lb.stub.WatchTop(pb.WatchTopRequest(hunt_id=HUNT, limit=3), metadata=lb.client)
+        assert top(await call.read()) == [("p000", 1000), ("p001", 999), ("p002", 998)]
+        reads = lb.metric("leaderboard_watch_reads_total")
+        await lb.submitter.submit_scores([update(HUNT, "p002", 5000, now_ms(), version=2)])
+        board = await asyncio.wait_for(call.read(), 5)
+        assert top(board) == [("p002", 5000), ("p000", 1000), ("p001", 999)]
+        assert lb.metric("leaderboard_watch_reads_total") - reads == 1
+        call.cancel()
