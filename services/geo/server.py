@@ -49,6 +49,7 @@ ROLES = {
     "NearbyCheckpoints": PUBLIC,
     "NearbyPlayers": PUBLIC,
     "GetTile": PUBLIC,
+    "GetTiles": PUBLIC,
 }
 
 #: The stream methods that carry many calls of a unary method (libs.rpc).
@@ -229,6 +230,10 @@ def checkpoint_pb(cp: Checkpoint) -> geo_pb2.Checkpoint:
     )
 
 
+#: The most cells one GetTiles asks for (a map's view of 8 x 8 tiles).
+MAX_TILES_PER_CALL = 64
+
+
 class _ProtoMemo:
     """Hunt and checkpoint protos built once per catalog version (CheckIn is
     hot); bounded like every in-process cache."""
@@ -360,6 +365,39 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
             data=tile.data,
             content_type=tile.content_type,
             view_refreshed_at=self._memo.refreshed_at(read.refreshed_at),
+        )
+
+    async def GetTiles(self, request, context) -> geo_pb2.GetTilesResponse:
+        hunt_id = validate.require_id("hunt_id", request.hunt_id)
+        cells = request.cells
+        if not 1 <= len(cells) <= MAX_TILES_PER_CALL:
+            raise InvalidArgument("cells", f"must hold 1 to {MAX_TILES_PER_CALL} cells")
+        asked: set[tuple[int, int]] = set()
+        for i, cell in enumerate(cells):
+            validate.require_int(f"cells[{i}].x", cell.x, low=0)
+            validate.require_int(f"cells[{i}].y", cell.y, low=0)
+            validate.require_int(f"cells[{i}].known_version", cell.known_version, low=0)
+            if (cell.x, cell.y) in asked:
+                raise InvalidArgument(f"cells[{i}]", "asks for a cell asked before")
+            asked.add((cell.x, cell.y))
+        reads = await self._geo.get_tiles(hunt_id, [(cell.x, cell.y) for cell in cells])
+        answers = []
+        for cell, read in zip(cells, reads, strict=True):
+            tile = read.tile
+            if tile is None:
+                answers.append(geo_pb2.TileAnswer(x=cell.x, y=cell.y))
+            elif cell.known_version == tile.version:
+                answers.append(geo_pb2.TileAnswer(
+                    x=cell.x, y=cell.y, found=True, not_modified=True, version=tile.version,
+                    content_type=tile.content_type))  # fmt: skip
+            else:
+                answers.append(geo_pb2.TileAnswer(
+                    x=cell.x, y=cell.y, found=True, version=tile.version, data=tile.data,
+                    content_type=tile.content_type))  # fmt: skip
+        # The oldest refresh any answer is of: tiles put after it may be missing.
+        refreshed_at = min(read.refreshed_at for read in reads)
+        return geo_pb2.GetTilesResponse(
+            tiles=answers, view_refreshed_at=self._memo.refreshed_at(refreshed_at)
         )
 
     # -- check-in and locations -----------------------------------------------

@@ -410,11 +410,16 @@ class Geo:
     # -- tiles ----------------------------------------------------------------
 
     @staticmethod
-    def check_cell(hunt: Hunt, x: int, y: int) -> None:
+    def check_cell(hunt: Hunt, x: int, y: int, field: str = "") -> None:
+        """INVALID_ARGUMENT off the grid; `field` prefixes the fields named."""
         if x >= hunt.grid.columns:
-            raise errors.InvalidArgument("x", f"must be < {hunt.grid.columns} (the grid's columns)")
+            raise errors.InvalidArgument(
+                f"{field}x", f"must be < {hunt.grid.columns} (the grid's columns)"
+            )
         if y >= hunt.grid.rows:
-            raise errors.InvalidArgument("y", f"must be < {hunt.grid.rows} (the grid's rows)")
+            raise errors.InvalidArgument(
+                f"{field}y", f"must be < {hunt.grid.rows} (the grid's rows)"
+            )
 
     async def put_tile(
         self, hunt_id: str, x: int, y: int, data: bytes, version: int, content_type: str
@@ -425,21 +430,43 @@ class Geo:
     async def get_tile(self, hunt_id: str, x: int, y: int) -> TileRead:
         """The tile as the view shows it; NotFound when it is not in the view."""
         self.check_cell(await self.require_hunt(hunt_id), x, y)
-        key = (hunt_id, x, y)
-        read = self._tiles.get(key)
-        if read is None and self._tile_carry is not None:
-            # A newer refresh is being carried over: one query for every cached
-            # tile rather than one per tile (asyncio.wait: it never raises).
-            await asyncio.wait([self._tile_carry])
-            read = self._tiles.get(key)
+        read = self._tiles.get((hunt_id, x, y))
         if read is None:
-            self._tile_counts.miss["l1"].inc()
-            read = await self._tile_flight.do(key, lambda: self._load_tile(key))
+            read = await self._read_cell((hunt_id, x, y))
         else:
             self._tile_counts.hit["l1"].inc()
         if read.tile is None:
             raise errors.NotFound(f"tile ({x}, {y}) of hunt {hunt_id} not found")
         return read
+
+    async def get_tiles(self, hunt_id: str, cells: list[tuple[int, int]]) -> list[TileRead]:
+        """Cells of one hunt as the view shows them (tile None: not in it), in
+        the order asked: the cached ones at once, the others loaded together."""
+        hunt = await self.require_hunt(hunt_id)
+        for i, (x, y) in enumerate(cells):
+            self.check_cell(hunt, x, y, field=f"cells[{i}].")
+        found = [self._tiles.get((hunt_id, x, y)) for x, y in cells]
+        missing = [i for i, read in enumerate(found) if read is None]
+        self._tile_counts.hit["l1"].inc(len(cells) - len(missing))
+        if missing:
+            loaded = await asyncio.gather(*(self._read_cell((hunt_id, *cells[i])) for i in missing))
+            for i, read in zip(missing, loaded, strict=True):
+                found[i] = read
+        return [read for read in found if read is not None]
+
+    async def _read_cell(self, key: tuple[str, int, int]) -> TileRead:
+        """A cell the L1 did not answer: after the carry-over in progress, if
+        any, else from Postgres (single-flight per cell)."""
+        if self._tile_carry is not None:
+            # A newer refresh is being carried over: one query for every cached
+            # tile rather than one per tile (asyncio.wait: it never raises).
+            await asyncio.wait([self._tile_carry])
+            read = self._tiles.get(key)
+            if read is not None:
+                self._tile_counts.hit["l1"].inc()
+                return read
+        self._tile_counts.miss["l1"].inc()
+        return await self._tile_flight.do(key, lambda: self._load_tile(key))
 
     async def _load_tile(self, key: tuple[str, int, int]) -> TileRead:
         read = await self._store.get_tile(*key, seen_refresh_s=self._view_refreshed_at)

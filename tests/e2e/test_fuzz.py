@@ -228,6 +228,7 @@ def valid_traffic(hunt_id: str, spot: Spot, mark: str, n: int) -> list[tuple[str
         ("geo", "PutTile", geo_pb2.PutTileRequest(hunt_id=hunt_id, x=0, y=0, data=b"t", version=1)),
         ("geo", "RefreshTiles", geo_pb2.RefreshTilesRequest(hunt_id=hunt_id)),
         ("geo", "GetTile", geo_pb2.GetTileRequest(hunt_id=hunt_id, x=0, y=0)),
+        ("geo", "GetTiles", geo_pb2.GetTilesRequest(hunt_id=hunt_id, cells=[geo_pb2.TileRef()])),
         ("geo", "CheckIn", geo_pb2.CheckInRequest(
             hunt_id=hunt_id, player_id=f"kg-{mark}-{n}", tag_id=spot.tag_id, location=here,
             accuracy_m=5.0, at=at)),

@@ -57,6 +57,7 @@ ALLOWED: dict[str, dict[str, frozenset[Role]]] = {
         "NearbyCheckpoints": PUBLIC,
         "NearbyPlayers": PUBLIC,
         "GetTile": PUBLIC,
+        "GetTiles": PUBLIC,
         "CheckIn": frozenset({SERVICE}),
         "CheckInStream": frozenset({SERVICE}),
     },

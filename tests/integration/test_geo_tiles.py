@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.geo import create_hunt, status_of
 from tests.support.polling import eventually
+from tests.support.rpcerrors import bad_fields
 from tests.support.worklog import work_done
 from tools.inprocess import geo_service
 from treasure.geo.v1 import geo_pb2
@@ -213,3 +214,56 @@ async def test_another_replicas_refresh_reaches_the_cache_within_the_poll(pg_dsn
             what="the other replica's refresh to reach geo's tile cache",
         )  # fmt: skip
         assert seen.data == b"v2"
+
+
+async def get_tiles(geo, *cells: tuple[int, int, int], hunt_id="h1") -> geo_pb2.GetTilesResponse:
+    refs = [geo_pb2.TileRef(x=x, y=y, known_version=known) for x, y, known in cells]
+    return await geo.client.GetTiles(geo_pb2.GetTilesRequest(hunt_id=hunt_id, cells=refs))
+
+
+async def test_get_tiles_answers_each_cell_with_only_what_the_caller_lacks(geo):
+    await put_tile(geo, b"a1", 1, x=0)
+    await put_tile(geo, b"b2", 2, x=1, content_type="image/png")
+    refreshed = await refresh(geo)
+    reply = await get_tiles(geo, (1, 0, 0), (0, 0, 1), (2, 0, 0), (1, 1, 7))
+    answers = [(t.x, t.y, t.found, t.not_modified, t.version, t.data, t.content_type)
+               for t in reply.tiles]  # fmt: skip
+    assert answers == [
+        (1, 0, True, False, 2, b"b2", "image/png"),
+        (0, 0, True, True, 1, b"", "application/octet-stream"),
+        (2, 0, False, False, 0, b"", ""),  # no tile in the view: an answer, not an error
+        (1, 1, False, False, 0, b"", ""),
+    ]
+    assert reply.view_refreshed_at == refreshed.refreshed_at
+    # Cached now: a second look costs no query, however many cells.
+    queries = geo.queries("get_tile")
+    again = await get_tiles(geo, (0, 0, 1), (1, 0, 2), (2, 0, 0))
+    assert [(t.found, t.not_modified) for t in again.tiles] == [
+        (True, True),
+        (True, True),
+        (False, False),
+    ]
+    assert geo.queries("get_tile") == queries
+
+
+@pytest.mark.parametrize(
+    ("cells", "field"),
+    [
+        ([], "cells"),
+        ([(x, 0, 0) for x in range(65)], "cells"),
+        ([(0, 0, 0), (3, 3, 0), (0, 0, 1)], "cells[2]"),
+        ([(0, 0, 0), (-1, 0, 0)], "cells[1].x"),
+        ([(0, -2, 0)], "cells[0].y"),
+        ([(0, 0, -1)], "cells[0].known_version"),
+        ([(0, 0, 0), (0, 100, 0)], "cells[1].y"),  # off the grid (100 rows)
+    ],
+)
+async def test_get_tiles_refuses_a_bad_cell_list_whole(geo, cells, field):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await get_tiles(geo, *cells)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_fields(err.value) == [field]
+
+
+async def test_get_tiles_of_an_unknown_hunt_is_not_found(geo):
+    assert await status_of(get_tiles(geo, (0, 0, 0), hunt_id="nope")) == grpc.StatusCode.NOT_FOUND

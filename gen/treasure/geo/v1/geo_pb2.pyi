@@ -392,6 +392,50 @@ class GetTileRequest(_message.Message):
     known_version: int
     def __init__(self, hunt_id: _Optional[str] = ..., x: _Optional[int] = ..., y: _Optional[int] = ..., known_version: _Optional[int] = ...) -> None: ...
 
+class TileRef(_message.Message):
+    __slots__ = ("x", "y", "known_version")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    known_version: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., known_version: _Optional[int] = ...) -> None: ...
+
+class GetTilesRequest(_message.Message):
+    __slots__ = ("hunt_id", "cells")
+    HUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    hunt_id: str
+    cells: _containers.RepeatedCompositeFieldContainer[TileRef]
+    def __init__(self, hunt_id: _Optional[str] = ..., cells: _Optional[_Iterable[_Union[TileRef, _Mapping]]] = ...) -> None: ...
+
+class TileAnswer(_message.Message):
+    __slots__ = ("x", "y", "found", "not_modified", "version", "data", "content_type")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    found: bool
+    not_modified: bool
+    version: int
+    data: bytes
+    content_type: str
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., found: _Optional[bool] = ..., not_modified: _Optional[bool] = ..., version: _Optional[int] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class GetTilesResponse(_message.Message):
+    __slots__ = ("tiles", "view_refreshed_at")
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    VIEW_REFRESHED_AT_FIELD_NUMBER: _ClassVar[int]
+    tiles: _containers.RepeatedCompositeFieldContainer[TileAnswer]
+    view_refreshed_at: _timestamp_pb2.Timestamp
+    def __init__(self, tiles: _Optional[_Iterable[_Union[TileAnswer, _Mapping]]] = ..., view_refreshed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class GetTileResponse(_message.Message):
     __slots__ = ("not_modified", "version", "data", "content_type", "view_refreshed_at")
     NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]

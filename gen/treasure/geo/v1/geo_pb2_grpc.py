@@ -27,10 +27,11 @@ if _version_not_supported:
 
 class GeoServiceStub:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
-    ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
-    ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Roles: catalog writes and RefreshTiles need `admin`; ListCheckpoints, the
+    location RPCs, GetTile and GetTiles accept `client` (and `admin`); GetHunt
+    and ListHunts accept `client`, `admin` and `service` (score and the
+    leaderboard ask whether a hunt exists; the leaderboard lists the hunts
+    played to warm their boards); CheckIn is internal and needs `service`.
     Every RPC that names a hunt that does not exist answers NOT_FOUND with
     google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
@@ -121,14 +122,20 @@ class GeoServiceStub:
                 request_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTileRequest.SerializeToString,
                 response_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTileResponse.FromString,
                 _registered_method=True)
+        self.GetTiles = channel.unary_unary(
+                '/treasure.geo.v1.GeoService/GetTiles',
+                request_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTilesRequest.SerializeToString,
+                response_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTilesResponse.FromString,
+                _registered_method=True)
 
 
 class GeoServiceServicer:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
-    ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
-    ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Roles: catalog writes and RefreshTiles need `admin`; ListCheckpoints, the
+    location RPCs, GetTile and GetTiles accept `client` (and `admin`); GetHunt
+    and ListHunts accept `client`, `admin` and `service` (score and the
+    leaderboard ask whether a hunt exists; the leaderboard lists the hunts
+    played to warm their boards); CheckIn is internal and needs `service`.
     Every RPC that names a hunt that does not exist answers NOT_FOUND with
     google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
@@ -257,6 +264,17 @@ class GeoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTiles(self, request, context):
+        """Several tiles of one hunt in one call (a map's view: up to 64 cells),
+        each with the version the caller holds: a cell whose tile is unchanged
+        costs a few bytes of the answer, not a call. A cell off the grid is
+        INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
+        answered `found` false. Same roles as GetTile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -340,6 +358,11 @@ def add_GeoServiceServicer_to_server(servicer, server):
                     request_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTileRequest.FromString,
                     response_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTileResponse.SerializeToString,
             ),
+            'GetTiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTiles,
+                    request_deserializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTilesRequest.FromString,
+                    response_serializer=treasure_dot_geo_dot_v1_dot_geo__pb2.GetTilesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'treasure.geo.v1.GeoService', rpc_method_handlers)
@@ -350,10 +373,11 @@ def add_GeoServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class GeoService:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
-    ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
-    ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Roles: catalog writes and RefreshTiles need `admin`; ListCheckpoints, the
+    location RPCs, GetTile and GetTiles accept `client` (and `admin`); GetHunt
+    and ListHunts accept `client`, `admin` and `service` (score and the
+    leaderboard ask whether a hunt exists; the leaderboard lists the hunts
+    played to warm their boards); CheckIn is internal and needs `service`.
     Every RPC that names a hunt that does not exist answers NOT_FOUND with
     google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
@@ -780,6 +804,33 @@ class GeoService:
             '/treasure.geo.v1.GeoService/GetTile',
             treasure_dot_geo_dot_v1_dot_geo__pb2.GetTileRequest.SerializeToString,
             treasure_dot_geo_dot_v1_dot_geo__pb2.GetTileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/treasure.geo.v1.GeoService/GetTiles',
+            treasure_dot_geo_dot_v1_dot_geo__pb2.GetTilesRequest.SerializeToString,
+            treasure_dot_geo_dot_v1_dot_geo__pb2.GetTilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,10 +33,11 @@ GRPC_VERSION: str
 
 class GeoServiceStub:
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
-    ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
-    ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Roles: catalog writes and RefreshTiles need `admin`; ListCheckpoints, the
+    location RPCs, GetTile and GetTiles accept `client` (and `admin`); GetHunt
+    and ListHunts accept `client`, `admin` and `service` (score and the
+    leaderboard ask whether a hunt exists; the leaderboard lists the hunts
+    played to warm their boards); CheckIn is internal and needs `service`.
     Every RPC that names a hunt that does not exist answers NOT_FOUND with
     google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
@@ -95,14 +96,22 @@ class GeoServiceStub:
     """One map tile, or "not modified" when the caller holds the current version.
     NOT_FOUND for a tile never put (or not yet visible in the view).
     """
+    GetTiles: _grpc.UnaryUnaryMultiCallable[_geo_pb2.GetTilesRequest, _geo_pb2.GetTilesResponse]
+    """Several tiles of one hunt in one call (a map's view: up to 64 cells),
+    each with the version the caller holds: a cell whose tile is unchanged
+    costs a few bytes of the answer, not a call. A cell off the grid is
+    INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
+    answered `found` false. Same roles as GetTile.
+    """
 
 @_typing.type_check_only
 class GeoServiceAsyncStub(GeoServiceStub):
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
-    ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
-    ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Roles: catalog writes and RefreshTiles need `admin`; ListCheckpoints, the
+    location RPCs, GetTile and GetTiles accept `client` (and `admin`); GetHunt
+    and ListHunts accept `client`, `admin` and `service` (score and the
+    leaderboard ask whether a hunt exists; the leaderboard lists the hunts
+    played to warm their boards); CheckIn is internal and needs `service`.
     Every RPC that names a hunt that does not exist answers NOT_FOUND with
     google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
@@ -158,13 +167,21 @@ class GeoServiceAsyncStub(GeoServiceStub):
     """One map tile, or "not modified" when the caller holds the current version.
     NOT_FOUND for a tile never put (or not yet visible in the view).
     """
+    GetTiles: _aio.UnaryUnaryMultiCallable[_geo_pb2.GetTilesRequest, _geo_pb2.GetTilesResponse]  # type: ignore[assignment]
+    """Several tiles of one hunt in one call (a map's view: up to 64 cells),
+    each with the version the caller holds: a cell whose tile is unchanged
+    costs a few bytes of the answer, not a call. A cell off the grid is
+    INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
+    answered `found` false. Same roles as GetTile.
+    """
 
 class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
     """GeoService owns the catalog (hunts, checkpoints, tiles) and where players are.
-    Roles: catalog writes and RefreshTiles need `admin`; ListHunts,
-    ListCheckpoints, the location RPCs and GetTile accept `client` (and `admin`);
-    GetHunt accepts `client`, `admin` and `service` (score and the leaderboard
-    ask it whether a hunt exists); CheckIn is internal and needs `service`.
+    Roles: catalog writes and RefreshTiles need `admin`; ListCheckpoints, the
+    location RPCs, GetTile and GetTiles accept `client` (and `admin`); GetHunt
+    and ListHunts accept `client`, `admin` and `service` (score and the
+    leaderboard ask whether a hunt exists; the leaderboard lists the hunts
+    played to warm their boards); CheckIn is internal and needs `service`.
     Every RPC that names a hunt that does not exist answers NOT_FOUND with
     google.rpc.ErrorInfo reason HUNT_NOT_FOUND.
     """
@@ -313,6 +330,19 @@ class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_geo_pb2.GetTileResponse, _abc.Awaitable[_geo_pb2.GetTileResponse]]:
         """One map tile, or "not modified" when the caller holds the current version.
         NOT_FOUND for a tile never put (or not yet visible in the view).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTiles(
+        self,
+        request: _geo_pb2.GetTilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_geo_pb2.GetTilesResponse, _abc.Awaitable[_geo_pb2.GetTilesResponse]]:
+        """Several tiles of one hunt in one call (a map's view: up to 64 cells),
+        each with the version the caller holds: a cell whose tile is unchanged
+        costs a few bytes of the answer, not a call. A cell off the grid is
+        INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
+        answered `found` false. Same roles as GetTile.
         """
 
 def add_GeoServiceServicer_to_server(servicer: GeoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
