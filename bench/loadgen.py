@@ -1,6 +1,6 @@
 """The load generator of `make bench`, run in its own process.
 
-    python -m bench.loadgen --target scan|echo --addr HOST:PORT
+    python -m bench.loadgen --target scan|tile|echo --addr HOST:PORT
         (--rate R | --concurrency C) --duration S [--connections N] [--hunt-file F]
         [--warmup W] [--requests N]
 
@@ -21,6 +21,10 @@ failed (any other error, such as DEADLINE_EXCEEDED), with the latencies of
 the first three apart. A closed-loop client retries a dropped call after
 DROPPED_BACKOFF_S, as it does a shed one after its hint.
 
+Tiles (`--target tile`): GetTile of random cells of `--tile-hunt`, a
+`--tile-grid` square, holding `--known-version` (0: none, the full tile);
+with `--tiles-per-call N`, GetTiles of N cells (a square block) per call.
+
 Scans are all valid and distinct: each comes from a new player at a
 checkpoint of the demo hunt, so every one is recorded, checked in and
 unlocked (the full path). Prints one JSON object with the figures.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 import uuid
@@ -43,9 +48,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
 from libs.auth import bearer_metadata
+from libs.channels import BALANCING
 from tools.huntctl import load_hunt_file
 from tools.stats import Recorder, percentile
 from treasure.common.v1 import common_pb2
+from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
 from treasure.scan.v1 import scan_pb2, scan_pb2_grpc
 
 ECHO_METHOD = "/bench.Echo/Echo"
@@ -95,6 +102,54 @@ class ScanTarget:
         if reply.status == scan_pb2.SCAN_STATUS_RECEIVED:
             return "pending"
         return scan_pb2.ScanOutcome.Name(reply.outcome).removeprefix("SCAN_OUTCOME_").lower()
+
+
+class TileTarget:
+    """GetTile of every cell of a GRID x GRID hunt in a shuffled order, over
+    and over (so `--warmup` GRID x GRID calls touch each tile once);
+    `known_version` 0 asks for the tile itself, the tiles' version gets "not
+    modified"."""
+
+    def __init__(self, channels: list[grpc.aio.Channel], hunt_id: str, grid: int,
+                 known_version: int, token: str, per_call: int = 1) -> None:  # fmt: skip
+        self.stubs = [geo_pb2_grpc.GeoServiceStub(c) for c in channels]
+        self.metadata = bearer_metadata(token)
+        self.hunt_id, self.known_version, self.per_call = hunt_id, known_version, per_call
+        self.grid = grid
+        self.cells = [(x, y) for x in range(grid) for y in range(grid)]
+        random.Random(5).shuffle(self.cells)
+        self.n = 0
+
+    def player(self, n: int) -> str:
+        return ""
+
+    async def call(self) -> str:
+        self.n += 1
+        if self.per_call > 1:
+            return await self._many()
+        x, y = self.cells[self.n % len(self.cells)]
+        reply = await self.stubs[self.n % len(self.stubs)].GetTile(
+            geo_pb2.GetTileRequest(
+                hunt_id=self.hunt_id, x=x, y=y, known_version=self.known_version
+            ),
+            metadata=self.metadata,
+            timeout=10,
+        )
+        return "not_modified" if reply.not_modified else "full"
+
+    async def _many(self) -> str:
+        """GetTiles of a per_call-cell block (a map's view), from the next cell on."""
+        side = max(1, round(self.per_call**0.5))
+        x0, y0 = self.cells[self.n % len(self.cells)]
+        refs = [geo_pb2.TileRef(x=(x0 + i % side) % self.grid, y=(y0 + i // side) % self.grid,
+                                known_version=self.known_version)
+                for i in range(self.per_call)]  # fmt: skip
+        reply = await self.stubs[self.n % len(self.stubs)].GetTiles(
+            geo_pb2.GetTilesRequest(hunt_id=self.hunt_id, cells=refs),
+            metadata=self.metadata,
+            timeout=10,
+        )
+        return "not_modified" if all(t.not_modified for t in reply.tiles) else "full"
 
 
 class EchoTarget:
@@ -212,22 +267,25 @@ async def closed_loop(
 
 def channels(addr: str, n: int) -> list[grpc.aio.Channel]:
     """n channels, each on its own TCP connection: gRPC shares a connection
-    between channels to the same target unless each keeps its own pool."""
-    return [
-        grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(n)
-    ]
+    between channels to the same target unless each keeps its own pool. An
+    address list (`ipv4:a:p,b:q`, replicas) is balanced round-robin."""
+    options: list[tuple[str, object]] = [("grpc.use_local_subchannel_pool", 1)]
+    if "," in addr:
+        options.append(("grpc.service_config", json.dumps(BALANCING)))
+    return [grpc.aio.insecure_channel(addr, options=options) for _ in range(n)]
 
 
 async def main_async(args: argparse.Namespace) -> dict:
     warmup = max(args.warmup, args.connections) if args.warmup else 0  # --warmup 0: none at all
     opened = channels(args.addr, args.connections)
     try:
-        target = (
-            ScanTarget(opened, args.hunt_file, args.token)
-            if args.target == "scan"
-            else EchoTarget(opened)
-        )
+        if args.target == "scan":
+            target = ScanTarget(opened, args.hunt_file, args.token)
+        elif args.target == "tile":
+            target = TileTarget(opened, args.tile_hunt, args.tile_grid, args.known_version,
+                                args.token, args.tiles_per_call)  # fmt: skip
+        else:
+            target = EchoTarget(opened)
         # Connected before the clock starts: a client's own handshake is not the server's cost.
         await asyncio.gather(*(channel.channel_ready() for channel in opened))
         # warm-up: every connection, caches, prepared statements
@@ -260,7 +318,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--target", choices=("scan", "echo"), required=True)
+    parser.add_argument("--target", choices=("scan", "tile", "echo"), required=True)
     parser.add_argument("--addr", required=True)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--rate", type=float, help="open loop: requests per second")
@@ -273,6 +331,11 @@ def main() -> None:
     )
     parser.add_argument("--hunt-file", default="demo/lisbon.yaml")
     parser.add_argument("--token", default="local-client-token")
+    parser.add_argument("--tile-hunt", default="tiles", help="tile: the hunt")
+    parser.add_argument("--tile-grid", type=int, default=100, help="tile: columns = rows")
+    parser.add_argument("--known-version", type=int, default=0, help="tile: the version held")
+    parser.add_argument("--tiles-per-call", type=int, default=1,
+                        help="tile: more than 1: GetTiles of a square block of this many")  # fmt: skip
     parser.add_argument("--keep-latencies", action="store_true")
     args = parser.parse_args()
     result = uvloop.run(main_async(args))

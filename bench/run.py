@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import redis
 
+from bench.procstat import cpu_seconds, parent, postgres_cpu_seconds
 from tools.localinfra import create_database, drop_database, find_postgres, free_port, stop_pid
 from tools.stack import Stack
 
@@ -43,8 +45,8 @@ SERVICES = ("geo", "score", "leaderboard", "scan")
 
 def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: int | None = None,
             duration: float, warmup: int = 50, connections: int = 1,
-            requests: int | None = None) -> dict:  # fmt: skip
-    command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--addr", addr,
+            requests: int | None = None, extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--addr", addr, *extra,
                "--duration", str(duration), "--warmup", str(warmup), "--hunt-file", str(HUNT_FILE),
                "--connections", str(connections), "--keep-latencies"]  # fmt: skip
     command += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
@@ -134,6 +136,44 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_festival(festival: dict, path: Path) -> None:
+    """Per RPC: p99 against players, each over its own 3x-unloaded line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = festival["steps"]
+    players = [s["players"] for s in steps]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    axes[0].set_prop_cycle(color=plt.cm.tab10.colors)
+    for action, unloaded in festival["unloaded"].items():
+        p99 = [s["rpcs"].get(action, {}).get("p99_ms", float("nan")) for s in steps]
+        axes[0].plot(players, [v / unloaded["p99_ms"] for v in p99], "o-", label=action)
+    axes[0].axhline(festival["limit_x"], color="red", linestyle=":", label="limit")
+    axes[0].axvline(festival["players_sustained"], color="grey", linestyle="--",
+                    label=f"sustained: {festival['players_sustained']}")  # fmt: skip
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("players (log)")
+    axes[0].set_ylabel("p99 / unloaded p99 (log)")
+    axes[0].set_title("Festival mix: each RPC's p99 against its own unloaded p99")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(players, [s["requests_per_s"] for s in steps], "s-", label="requests /s")
+    axes[1].axhline(
+        festival["echo_8"], color="grey", linestyle=":", label="echo floor (8 in flight)"
+    )
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("players (log)")
+    axes[1].set_ylabel("requests /s (log)")
+    axes[1].set_title("Festival mix: requests answered")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 async def import_hunt(stack: Stack) -> None:
     """`huntctl import` of the demo hunt into `stack` (its JSON on stdout)."""
     from tools.huntctl import Ctl
@@ -147,7 +187,8 @@ async def import_hunt(stack: Stack) -> None:
         await ctl.close()
 
 
-def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> tuple[list[dict], dict]:
+def run_scan_bench(args: argparse.Namespace, admin_dsn: str,
+                   echo_8: float) -> tuple[list[dict], dict, dict]:  # fmt: skip
     name = f"thbench_{os.getpid()}"
     dsn = asyncio.run(create_database(admin_dsn, name))
     stack = Stack(
@@ -194,15 +235,170 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str) -> tuple[list[dict]
             asyncio.run(stack.restart("scan"))
             pids["scan"] = stack.pids()["scan"]
         warm = run_warm_start(stack, round(0.5 * capacity))
+        reads = run_reads(args, stack)
+        reads["tiles"] = run_tiles(args, stack, dsn, echo_8)
         runs += run_traced(args, stack)
     finally:
         asyncio.run(stack.stop())
         asyncio.run(drop_database(admin_dsn, name))
-    return runs, warm
+    return runs, warm, reads
+
+
+#: Festival steps (players) and seconds per step; WatchTop streams (#19).
+FESTIVAL_STEPS = "200,400,800,1600,3200,6400,12800"
+WATCH_STREAMS = {"quick": 1000, "full": 5000}
+
+
+def run_reads(args: argparse.Namespace, stack: Stack) -> dict:
+    """The festival's read workload (bench/festival.py) and thousands of
+    WatchTop streams on the leaderboard process (bench/watchers.py), each
+    from a load generator in its own process, on the stack as it stands."""
+
+    def run(module: str, *options: str, timeout: float) -> dict:
+        command = [sys.executable, "-m", module, *options]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        sys.stderr.write(done.stderr[-4000:])
+        if done.returncode != 0:
+            raise RuntimeError(f"{module} failed: {done.stderr[-2000:]}")
+        return json.loads(done.stdout)
+
+    step_s = 6.0 if args.quick else 15.0
+    pids = {**stack.pids(), **redis_pids(stack)}
+    stack_cpu = ",".join(f"{name}={pid}" for name, pid in pids.items())
+    postmaster = asyncio.run(postgres_pid(stack.pg_dsn))
+    festival = run("bench.festival", "--scan", stack.addr("scan"), "--geo", stack.addr("geo"),
+                   "--score", stack.addr("score"), "--leaderboard", stack.addr("leaderboard"),
+                   "--steps", FESTIVAL_STEPS, "--step-s", str(step_s),
+                   "--stack-pids", stack_cpu, "--postmaster", str(postmaster),
+                   timeout=30 * step_s + 600)  # fmt: skip
+    streams = WATCH_STREAMS["quick" if args.quick else "full"]
+    watchers = run("bench.watchers", "--leaderboard", stack.addr("leaderboard"),
+                   "--scan", stack.addr("scan"), "--geo", stack.addr("geo"),
+                   "--pid", str(stack.pids()["leaderboard"]),
+                   "--metrics-port", str(stack.metrics_ports["leaderboard"]),
+                   "--streams", str(streams), "--duration", "10" if args.quick else "30",
+                   timeout=900)  # fmt: skip
+    print(f"watchers: {json.dumps({k: watchers[k] for k in WATCH_KEYS})}", flush=True)
+    return {"festival": festival, "watchers": watchers}
+
+
+#: The tile path's saturation before #19 as a share of the echo floor: 835
+#: GetTile/s answered (1,000/s offered) on a day the floor was 2,549 calls/s.
+TILE_SATURATION_BEFORE_X = 835 / 2549
+TILE_GRID = 100
+TILE_BYTES = 2048
+
+
+def run_tiles(args: argparse.Namespace, stack: Stack, dsn: str, echo_8: float) -> dict:
+    """GetTile on the stack's geo from a load generator in its own process: a
+    TILE_GRID x TILE_GRID hunt of TILE_BYTES tiles, every cell in turn in a
+    shuffled order (the first run's warm-up touches each once). One in flight
+    (full tiles and "not modified"), 8 and 32 in flight (with geo's and
+    Postgres's CPU per call, full and not modified), then open loop at 2x and
+    4x the saturation before #19 (as a share of this run's echo floor): on
+    the one geo process, and on two replicas of geo balanced round-robin
+    (what a deployment scales out to)."""
+    asyncio.run(seed_tiles(stack, dsn))
+    postmaster = asyncio.run(postgres_pid(dsn))
+    before_rate = TILE_SATURATION_BEFORE_X * echo_8
+    out: dict = {"grid": TILE_GRID, "tile_bytes": TILE_BYTES, "echo_8": echo_8,
+                 "saturation_before_per_s": round(before_rate, 1)}  # fmt: skip
+
+    def measure(label: str, addr: str, pids: list[int], load: dict, known: int = 0,
+                warmup: int = 200, per_call: int = 1) -> None:  # fmt: skip
+        cpu, pg_cpu = sum(map(cpu_seconds, pids)), postgres_cpu_seconds(postmaster)
+        r = loadgen("tile", addr, duration=args.duration, warmup=warmup,
+                    extra=("--tile-hunt", "tiles", "--tile-grid", str(TILE_GRID),
+                           "--known-version", str(known), "--tiles-per-call", str(per_call)),
+                    **load)  # fmt: skip
+        # Per tile (a GetTiles call answers per_call of them).
+        calls = max(1, (r["count"] - r["errors"] + r["warmup"]) * per_call)
+        run = {key: r[key] for key in ("rate_per_s", "p50_ms", "p99_ms", "errors", "outcomes")}
+        run["offered_per_s"] = load.get("rate")
+        run["tiles_per_call"] = per_call
+        run["geo_cpu_ms_per_tile"] = round((sum(map(cpu_seconds, pids)) - cpu) * 1000 / calls, 4)
+        run["postgres_cpu_ms_per_tile"] = round(
+            (postgres_cpu_seconds(postmaster) - pg_cpu) * 1000 / calls, 4
+        )
+        out[label] = run
+        print(f"tiles, {label}: {describe(r)}", flush=True)
+
+    addr, pid = stack.addr("geo"), stack.pids()["geo"]
+    measure("1_full", addr, [pid], {"concurrency": 1}, warmup=TILE_GRID * TILE_GRID)
+    measure("1_not_modified", addr, [pid], {"concurrency": 1}, known=1)
+    measure("8_full", addr, [pid], {"concurrency": 8})
+    measure("8_not_modified", addr, [pid], {"concurrency": 8}, known=1)
+    measure("32_full", addr, [pid], {"concurrency": 32})
+    # A map's view of 3 x 3 tiles in one GetTiles: what a tile costs there.
+    measure("8_getTiles9_full", addr, [pid], {"concurrency": 8}, per_call=9)
+    measure("8_getTiles9_not_modified", addr, [pid], {"concurrency": 8}, known=1, per_call=9)
+    for multiple in (2, 4):
+        measure(f"open_{multiple}x_before", addr, [pid], {"rate": round(multiple * before_rate)})
+    second = asyncio.run(stack.add_replica("geo"))
+    try:
+        both = f"ipv4:{addr},{stack.addr(second)}"
+        pids = [pid, stack.pids()[second]]
+        measure("2_replicas_warm_up", both, pids, {"concurrency": 8}, warmup=TILE_GRID * TILE_GRID)
+        for multiple in (2, 4):
+            rate = {"rate": round(multiple * before_rate)}
+            measure(f"2_replicas_open_{multiple}x_before", both, pids, rate)
+    finally:
+        asyncio.run(stack.retire(second))
+    one = out["1_full"]["p99_ms"]
+    for label in [k for k in out if "open_" in k]:
+        out[label]["p99_over_1_in_flight_p99"] = round(out[label]["p99_ms"] / one, 2)
+    out["not_modified_cpu_over_full"] = round(
+        out["8_not_modified"]["geo_cpu_ms_per_tile"] / out["8_full"]["geo_cpu_ms_per_tile"], 3
+    )
+    # In GetTiles: a tile the caller holds against one it gets, and both against GetTile's.
+    per_tile = {k: out[f"8_getTiles9_{k}"]["geo_cpu_ms_per_tile"] for k in ("full", "not_modified")}
+    out["getTiles_not_modified_cpu_over_full"] = round(
+        per_tile["not_modified"] / per_tile["full"], 3
+    )
+    out["getTiles_not_modified_cpu_over_getTile_full"] = round(
+        per_tile["not_modified"] / out["8_full"]["geo_cpu_ms_per_tile"], 3
+    )
+    return out
+
+
+async def seed_tiles(stack: Stack, dsn: str) -> None:
+    """The "tiles" hunt: created through geo, its tiles bulk-loaded into the
+    table (as a content pipeline would), the view refreshed through geo."""
+    import asyncpg
+    import grpc
+
+    from libs.auth import bearer_metadata
+    from tools.inprocess import hunt_message
+    from treasure.geo.v1 import geo_pb2, geo_pb2_grpc
+
+    admin = bearer_metadata("local-admin-token")
+    async with grpc.aio.insecure_channel(stack.addr("geo")) as channel:
+        geo = geo_pb2_grpc.GeoServiceStub(channel)
+        await geo.CreateHunt(geo_pb2.CreateHuntRequest(
+            hunt=hunt_message("tiles", columns=TILE_GRID, rows=TILE_GRID)), metadata=admin)  # fmt: skip
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(
+                """INSERT INTO geo.hunt_tiles (hunt_id, x, y, version, content_type, data)
+                   SELECT 'tiles', x, y, 1, 'image/png', decode(repeat(md5(x || ':' || y), $1), 'hex')
+                   FROM generate_series(0, $2) x, generate_series(0, $2) y""",
+                TILE_BYTES // 16, TILE_GRID - 1,
+            )  # fmt: skip
+        finally:
+            await connection.close()
+        refreshed = await geo.RefreshTiles(geo_pb2.RefreshTilesRequest(hunt_id="tiles"),
+                                           metadata=admin)  # fmt: skip
+        assert refreshed.refreshed, "the tile view did not refresh"
+
+
+WATCH_KEYS = ("streams", "delay_p50_ms", "delay_p99_ms", "cpu_cores", "bytes_per_watcher",
+              "board_reads_per_s")  # fmt: skip
 
 
 #: The calls measured after a restart, and how the restart found the caches.
 WARM_REQUESTS = 200
+#: Rounds of the warm-start sets: a steady set, then each restart (run_warm_start).
+WARM_TRIALS = 3
 RESTARTS = (
     ("restarted", False, {}),
     ("restarted_redis_flushed", True, {}),
@@ -214,9 +410,14 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
     """The first WARM_REQUESTS scans after every service restarted (each
     SERVING once warm), open loop at `rate`, against as many in steady state;
     then the same with every Redis flushed as well (a cold cache tier), with
-    and without the warm-up. p99_x: the p99 over the steady one. Each set
-    comes from a new load generator with no warm-up calls, so the client's
-    own first calls weigh in all of them alike."""
+    and without the warm-up. Each set comes from a new load generator with no
+    warm-up calls, so the client's own first calls weigh in all of them alike.
+
+    One set's p99 is its second-slowest call, and on this shared machine two
+    steady sets a minute apart differ by up to 7x; so there are WARM_TRIALS
+    rounds, each a steady set and then every restart. The reference is the
+    median of the steady p99s, a case's p99 the median of its trials' (p99_x:
+    its ratio), and every set is kept."""
 
     def first() -> dict:
         r = loadgen("scan", stack.addr("scan"), rate=rate, duration=0, warmup=0,
@@ -225,22 +426,48 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
             key: r[key] for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms", "outcomes")
         }
 
-    figures = {"rate_per_s": rate, "requests": WARM_REQUESTS, "steady": first()}
-    for label, flush, settings in RESTARTS:
-        stack.extra_env.update(settings)
-        try:
-            for service in SERVICES:
-                if flush:
-                    for node in stack.redis_nodes(service):
-                        redis.Redis.from_url(node.url).flushall()
-                asyncio.run(stack.restart(service))
-        finally:
-            for key in settings:
-                stack.extra_env.pop(key, None)
-        figures[label] = first()
-        figures[label]["p99_x"] = round(figures[label]["p99_ms"] / figures["steady"]["p99_ms"], 2)
-        print(f"warm start, {label}: {figures[label]}", flush=True)
+    steady: list[dict] = []
+    sets: dict[str, list[dict]] = {label: [] for label, _, _ in RESTARTS}
+    for _ in range(WARM_TRIALS):
+        steady.append(first())
+        for label, flush, settings in RESTARTS:
+            stack.extra_env.update(settings)
+            try:
+                for service in SERVICES:
+                    if flush:
+                        for node in stack.redis_nodes(service):
+                            redis.Redis.from_url(node.url).flushall()
+                    asyncio.run(stack.restart(service))
+            finally:
+                for key in settings:
+                    stack.extra_env.pop(key, None)
+            sets[label].append(first())
+            print(f"warm start, {label}: {sets[label][-1]}", flush=True)
+    reference = statistics.median(s["p99_ms"] for s in steady)
+    figures: dict = {
+        "rate_per_s": rate,
+        "requests": WARM_REQUESTS,
+        "trials": WARM_TRIALS,
+        "steady": {"p99_ms": reference, **_summary(steady), "sets": steady},
+    }
+    for label, trials in sets.items():
+        figures[label] = {
+            "p99_ms": statistics.median(t["p99_ms"] for t in trials),
+            **_summary(trials),
+            "p99_x": round(statistics.median(t["p99_ms"] for t in trials) / reference, 2),
+            "trials_p99_x": [round(t["p99_ms"] / reference, 2) for t in trials],
+            "sets": trials,
+        }
     return figures  # the traced runs next restart every service with their own settings
+
+
+def _summary(sets: list[dict]) -> dict:
+    """What a case's sets say together: median p50, slowest call, errors."""
+    return {
+        "p50_ms": statistics.median(s["p50_ms"] for s in sets),
+        "max_ms": max(s["max_ms"] for s in sets),
+        "errors": sum(s["errors"] for s in sets),
+    }
 
 
 #: Offered load of the open-loop runs, as multiples of the measured capacity.
@@ -262,31 +489,9 @@ async def postgres_pid(dsn: str) -> int:
 
     connection = await asyncpg.connect(dsn)
     try:
-        return _parent(await connection.fetchval("SELECT pg_backend_pid()"))
+        return parent(await connection.fetchval("SELECT pg_backend_pid()"))
     finally:
         await connection.close()
-
-
-def _parent(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no parent of {pid}")
-
-
-def postgres_cpu_seconds(postmaster: int) -> float:
-    """CPU of the Postgres server: the postmaster and every process it forked
-    (backends, WAL writer, checkpointer) that is alive now."""
-    total = cpu_seconds(postmaster)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if _parent(int(entry.name)) == postmaster:
-                total += cpu_seconds(int(entry.name))
-        except (OSError, RuntimeError):
-            continue  # gone meanwhile
-    return total
 
 
 async def settle(dsn: str, result: dict, timeout_s: float = 60.0) -> None:
@@ -367,15 +572,6 @@ def _traced(args: argparse.Namespace, stack: Stack, target: str, sampling: dict[
         f"{target}: the sink received {received['spans']} spans ({runs[0]['spans_per_scan']} per scan)"
     )
     return runs
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def cpu_per_scan(
@@ -476,18 +672,15 @@ def ratios(f: dict) -> dict:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def run_echo_floor(args: argparse.Namespace, rate: float) -> list[dict]:
+def run_echo_floor(args: argparse.Namespace, rate: float | None = None) -> list[dict]:
+    """The bare echo: 1, 8 and 32 in flight (rate None), or open loop at `rate`."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(port)], cwd=REPO)
     try:
         time.sleep(1.0)
         runs = []
-        for load in (
-            {"concurrency": 1},
-            {"concurrency": 8},
-            {"concurrency": 32},
-            {"rate": rate},
-        ):
+        loads = [{"rate": rate}] if rate else [{"concurrency": c} for c in (1, 8, 32)]
+        for load in loads:
             result = loadgen("echo", f"127.0.0.1:{port}", duration=args.duration, **load)
             print(describe(result), flush=True)
             runs.append(result)
@@ -512,7 +705,73 @@ def service_benches(quick: bool) -> dict:
     return found
 
 
-def write_summary(report: dict) -> None:
+def write_reads(reads: dict, echo_8: float, machine_: dict, when: str) -> None:
+    """bench/results/festival.json (+ festival.png) and watchers.json (#19)."""
+    festival = {"when": when, "machine": machine_, "echo_8": echo_8, **reads["festival"],
+                "tiles": reads["tiles"]}  # fmt: skip
+    festival["requests_at_sustained_over_echo_8"] = round(
+        festival["requests_per_s_at_sustained"] / echo_8, 4
+    )
+    (RESULTS / "festival.json").write_text(json.dumps(festival, indent=2))
+    plot_festival(festival, RESULTS / "festival.png")
+    watchers = {"when": when, "machine": machine_, "echo_8": echo_8, **reads["watchers"]}
+    (RESULTS / "watchers.json").write_text(json.dumps(watchers, indent=2))
+    print(f"festival: {festival['players_sustained']} players sustained, "
+          f"{festival['requests_per_s_at_sustained']:.0f} requests/s = "
+          f"{festival['requests_at_sustained_over_echo_8']:.3f} x echo_8", flush=True)  # fmt: skip
+
+
+def reads_summary(reads: dict, echo_8: float) -> list[str]:
+    """The festival, watcher and tile figures of summary.md (#19)."""
+    fest, watch, tiles = reads["festival"], reads["watchers"], reads["tiles"]
+    lines = [
+        "",
+        f"Festival mix ({', '.join(f'{k} {v:g}%' for k, v in fest['mix_percent'].items())}; "
+        f"think time {fest['think_s']:g} s): {fest['players_sustained']} players sustained, "
+        f"{fest['requests_per_s_at_sustained']:.0f} requests/s = "
+        f"{fest['requests_per_s_at_sustained'] / echo_8:.3f} x echo_8; "
+        f"{fest['players_per_stack_core']} players per core of the stack there.",
+        "",
+        "| players | requests /s | held | stack cores | " + " | ".join(
+            f"{a} p99 ms (unloaded {u['p99_ms']:.1f})" for a, u in fest["unloaded"].items()
+        ) + " |",
+        "| --- | --- | --- | --- |" + " --- |" * len(fest["unloaded"]),
+    ]  # fmt: skip
+    for step in fest["steps"]:
+        cells = [f"{step['rpcs'].get(a, {}).get('p99_ms', float('nan')):.1f}"
+                 + (f" ({step['rpcs'][a]['errors']} errors)" if step["rpcs"].get(a, {}).get("errors") else "")
+                 for a in fest["unloaded"]]  # fmt: skip
+        lines.append(
+            f"| {step['players']} | {step['requests_per_s']:.0f} | {'yes' if step['held'] else 'no'} | "
+            f"{step['stack_cpu_cores']:.2f} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        f"WatchTop: {watch['streams']} streams ({watch['opened']} opened) on one leaderboard process, "
+        f"{watch['scan_rate_per_s']:g} scans/s: delay from a scan's answer to the board p50 "
+        f"{watch['delay_p50_ms']:.0f} ms, p99 {watch['delay_p99_ms']:.0f} ms "
+        f"(slow watchers p99 {watch['slow_delay']['p99_ms']:.0f} ms); the process used "
+        f"{watch['cpu_cores']:.2f} cores, {watch['bytes_per_watcher'] / 1024:.1f} KiB per watcher, "
+        f"{watch['board_reads_per_s']:.2f} board reads/s.",
+        "",
+        f"GetTile ({tiles['grid']}x{tiles['grid']} tiles of {tiles['tile_bytes']} B): "
+        f"saturation before #19 taken as {tiles['saturation_before_per_s']:.0f}/s.",
+        "",
+        "| run | answered calls /s | p50 ms | p99 ms | p99 / 1-in-flight p99 | errors | geo CPU ms/tile | Postgres CPU ms/tile |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for label, run in tiles.items():
+        if not isinstance(run, dict):
+            continue
+        lines.append(
+            f"| {label} | {run['rate_per_s']:.0f} | {run['p50_ms']:.2f} | {run['p99_ms']:.2f} | "
+            f"{run.get('p99_over_1_in_flight_p99', '')} | {run['errors']} | "
+            f"{run['geo_cpu_ms_per_tile']:.3f} | {run['postgres_cpu_ms_per_tile']:.3f} |"
+        )
+    return lines
+
+
+def write_summary(report: dict, reads: dict) -> None:
     scan_runs, floor = report["scan"], report["floor"]
     unloaded = next(r for r in scan_runs if r["mode"] == "closed" and r["concurrency"] == 1)
     eight = next(r for r in scan_runs if r["mode"] == "closed" and r["concurrency"] == 8)
@@ -575,17 +834,21 @@ def write_summary(report: dict) -> None:
     lines += [
         "",
         f"Warm start: the first {warm['requests']} scans after every service restarted, open loop at "
-        f"{warm['rate_per_s']:g}/s; steady p99 {warm['steady']['p99_ms']:.2f} ms.",
+        f"{warm['rate_per_s']:g}/s, in {warm['trials']} rounds; steady p99 (median of "
+        f"{warm['trials']} sets) {warm['steady']['p99_ms']:.2f} ms, the sets' own p99s "
+        + ", ".join(f"{s['p99_ms']:.2f}" for s in warm["steady"]["sets"])
+        + " ms.",
         "",
-        "| restart | p50 ms | p99 ms | p99 / steady p99 | max ms | errors |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| restart | p50 ms | p99 ms (median) | p99 / steady p99 | each round's | max ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, _, _ in RESTARTS:
         w = warm[label]
         lines.append(
-            f"| {label} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | {w['p99_x']} | {w['max_ms']:.2f} | "
-            f"{w['errors']} |"
+            f"| {label} | {w['p50_ms']:.2f} | {w['p99_ms']:.2f} | {w['p99_x']} | "
+            f"{', '.join(map(str, w['trials_p99_x']))} | {w['max_ms']:.2f} | {w['errors']} |"
         )
+    lines += reads_summary(reads, echo8["rate_per_s"])
     lines += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in report["ratios"].items())]
     lines += [
         "",
@@ -611,11 +874,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     admin_dsn, private = find_postgres(os.environ.get("PG_DSN", ""), REPO / ".run")
     try:
-        print("== SubmitScan through the whole stack ==", flush=True)
-        scan_runs, warm_start = run_scan_bench(args, admin_dsn)
-        print("\n== floor: bare grpc.aio echo ==", flush=True)
+        print("== floor: bare grpc.aio echo ==", flush=True)
+        floor = run_echo_floor(args)
+        echo_8 = next(r["rate_per_s"] for r in floor if r.get("concurrency") == 8)
+        print("\n== SubmitScan through the whole stack ==", flush=True)
+        scan_runs, warm_start, reads = run_scan_bench(args, admin_dsn, echo_8)
         top = max(r["offered_rate"] for r in scan_runs if r["mode"] == "open")
-        floor = run_echo_floor(args, top)
+        floor += run_echo_floor(args, top)
     finally:
         if private is not None:
             private.stop()
@@ -632,11 +897,12 @@ def main() -> None:
         "services": {} if args.skip_services else service_benches(args.quick),
     }
     report["ratios"] = ratios(report)
+    write_reads(reads, echo8["rate_per_s"], report["machine"], report["when"])
     plot(scan_runs + floor, RESULTS / "latency.png")
     for run in scan_runs + floor:
         run.pop("latencies_ms", None)
     (RESULTS / "scan.json").write_text(json.dumps(report, indent=2))
-    write_summary(report)
+    write_summary(report, reads)
     print(f"\nfloor ratio (SubmitScan / echo at 8 in flight): {report['floor_ratio']:.3f}")
     print("ratios:", json.dumps(report["ratios"], indent=1))
     print(f"results: {RESULTS}/scan.json, summary.md, latency.png")

@@ -333,6 +333,22 @@ class Stack:
         self.processes[instance] = process
         return process
 
+    async def add_replica(self, service: str) -> str:
+        """One more process of `service` on free ports, serving once this
+        returns; its name. Only whoever is given its address calls it (the
+        other services keep their peers); `retire` ends it."""
+        taken = {name for name in self.processes if self.service_of(name) == service}
+        name = next(f"{service}-{i}" for i in range(2, 100) if f"{service}-{i}" not in taken)
+        self.ports[name], self.metrics_ports[name] = free_ports(2)
+        self.spawn(name)
+        await self.wait_serving([name])
+        return name
+
+    async def retire(self, name: str) -> None:
+        """Ends a process `add_replica` started (SIGTERM) and forgets it."""
+        await self.stop_service(name)
+        del self.processes[name], self.ports[name], self.metrics_ports[name]
+
     async def wait_serving(
         self, names: Iterable[str] | None = None, timeout_s: float = 30.0
     ) -> None:

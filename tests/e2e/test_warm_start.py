@@ -43,7 +43,9 @@ async def test_services_restarted_on_an_empty_redis_serve_warm(stack: Stack):
         assert metrics["warmup_complete"] == 1.0, (name, stack.log(name)[-3000:])
     assert warm["leaderboard"].get(REBUILT, 0) >= 1  # before SERVING, before any call
 
-    top = await stack.leaderboard().GetTop(lb.GetTopRequest(hunt_id=hunt_id, limit=10), metadata=CLIENT)
+    top = await stack.leaderboard().GetTop(
+        lb.GetTopRequest(hunt_id=hunt_id, limit=10), metadata=CLIENT
+    )
     assert sorted(e.player_id for e in top.entries) == sorted(players)
     again = await stack.scan().SubmitScan(
         request(players[0], hunt_id, cps[1], at=datetime.now(UTC)), metadata=CLIENT
