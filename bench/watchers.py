@@ -6,7 +6,9 @@
 Creates a hunt of its own (geo, admin token), opens N WatchTop streams of its
 top 10 over N / STREAMS_PER_CONNECTION client connections (the server takes
 MAX_STREAMS concurrent streams per connection), and waits until every stream
-has had its first board. Then CLIMBERS players scan the hunt's checkpoints in
+has had its first board (a stream gRPC's core dropped at the opening burst
+is opened again after a jittered backoff, as a client would: counted in
+`stream_retries`). Then CLIMBERS players scan the hunt's checkpoints in
 turn, open loop at R scans/s; after two warm-up rounds the climbers are the
 whole top 10, so every scan changes every watcher's board.
 
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import sys
 import time
 import urllib.request
@@ -57,6 +60,10 @@ CLIMBERS = 10
 CHECKPOINTS = 120
 SPACING_DEG = 0.00018
 ORIGIN = (38.7100, -9.1400)
+#: What a watcher opens its stream again after, and how many times at most in a row.
+RETRIED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+           grpc.StatusCode.CANCELLED}  # fmt: skip
+MAX_ATTEMPTS = 8
 #: The watchers that read slowly, and how slowly.
 SLOW_SHARE = 0.02
 SLOW_READ_S = 2.0
@@ -65,7 +72,7 @@ SLOW_READ_S = 2.0
 class Watcher:
     """One WatchTop stream: what it saw of each climber, and when."""
 
-    __slots__ = ("slow", "first", "seen", "boards", "error")
+    __slots__ = ("slow", "first", "seen", "boards", "error", "retries")
 
     def __init__(self, slow: bool) -> None:
         self.slow = slow
@@ -74,6 +81,8 @@ class Watcher:
         self.seen: dict[str, list[tuple[int, float]]] = {}
         self.boards = 0
         self.error: str | None = None
+        #: code -> how many times the stream was opened again after it
+        self.retries: dict[str, int] = {}
 
     def on_board(self, board: leaderboard_pb2.WatchTopResponse) -> None:
         now = time.perf_counter()
@@ -96,22 +105,37 @@ class Watcher:
 
 
 async def watch(stub, hunt_id: str, watcher: Watcher, metadata, stop: asyncio.Event) -> None:
-    call = stub.WatchTop(leaderboard_pb2.WatchTopRequest(hunt_id=hunt_id, limit=10),
-                         metadata=metadata)  # fmt: skip
-    try:
-        async for board in call:
-            watcher.on_board(board)
+    """One watcher's stream, opened again (after a jittered backoff, as a
+    client should) when the server refused or dropped it (UNAVAILABLE,
+    RESOURCE_EXHAUSTED, or CANCELLED: gRPC's core drops calls past its queue
+    of calls not yet taken when thousands open at once) or it broke."""
+    rng = random.Random(id(watcher))
+    attempt = 0
+    while not stop.is_set():
+        call = stub.WatchTop(leaderboard_pb2.WatchTopRequest(hunt_id=hunt_id, limit=10),
+                             metadata=metadata)  # fmt: skip
+        try:
+            async for board in call:
+                attempt = 0
+                watcher.on_board(board)
+                if stop.is_set():
+                    return
+                if watcher.slow:
+                    await asyncio.sleep(SLOW_READ_S)
+            return  # the server ended the stream
+        except grpc.aio.AioRpcError as err:
             if stop.is_set():
-                break
-            if watcher.slow:
-                await asyncio.sleep(SLOW_READ_S)
-    except grpc.aio.AioRpcError as err:
-        if not stop.is_set():
-            watcher.error = err.code().name
-            if not watcher.first.done():
-                watcher.first.set_result(math.nan)
-    finally:
-        call.cancel()
+                return
+            if err.code() not in RETRIED or attempt >= MAX_ATTEMPTS:
+                watcher.error = err.code().name
+                if not watcher.first.done():
+                    watcher.first.set_result(math.nan)
+                return
+            watcher.retries[err.code().name] = watcher.retries.get(err.code().name, 0) + 1
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * min(2.0, 0.1 * 2**attempt))
+            attempt += 1
+        finally:
+            call.cancel()
 
 
 def watch_reads(metrics_port: int) -> float:
@@ -255,9 +279,12 @@ async def main_async(args: argparse.Namespace) -> dict:
             else:
                 delays[w.slow].append(max(0.0, at - acked))
     errors: dict[str, int] = {}
+    retries: dict[str, int] = {}
     for w in watchers:
         if w.error:
             errors[w.error] = errors.get(w.error, 0) + 1
+        for code, n in w.retries.items():
+            retries[code] = retries.get(code, 0) + n
     normal = _figures(delays[False])
     return {
         "streams": args.streams,
@@ -268,6 +295,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "scan_rate_per_s": args.rate,
         "scan_errors": climbers.errors,
         "stream_errors": errors,
+        "stream_retries": retries,
         "delay_p50_ms": normal["p50_ms"],
         "delay_p99_ms": normal["p99_ms"],
         "delay": normal,

@@ -66,7 +66,11 @@ class Subscription:
         if view == self._last:
             return
         self._last = view
-        self._item = TopSnapshot(entries, snapshot.player_count, snapshot.as_of_ms)
+        # The loop's own snapshot when it is this watcher's whole view: watchers
+        # then share one object, and the servicer builds its answer once for all.
+        if len(entries) < len(snapshot.entries):
+            snapshot = TopSnapshot(entries, snapshot.player_count, snapshot.as_of_ms)
+        self._item = snapshot
         self._ready.set()
 
     def fail(self, error: errors.ServiceError) -> None:
