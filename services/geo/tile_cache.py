@@ -57,10 +57,6 @@ class TileCache:
         self._data.move_to_end(cell)
         return read
 
-    def stale(self) -> bool:
-        """Whether some entry is older than the newest known refresh."""
-        return any(r.refreshed_at.timestamp() < self.epoch for r in self._data.values())
-
     def put(self, cell: Cell, read: TileRead) -> bool:
         """Keeps `read` unless it is too large, or older than what is held."""
         if read.tile is not None and len(read.tile.data) > self._max_tile_bytes:
