@@ -446,12 +446,23 @@ class Geo:
         for i, (x, y) in enumerate(cells):
             self.check_cell(hunt, x, y, field=f"cells[{i}].")
         found = [self._tiles.get((hunt_id, x, y)) for x, y in cells]
-        missing = [i for i, read in enumerate(found) if read is None]
+        if any(read is None for read in found) and self._tile_carry is not None:
+            await asyncio.wait([self._tile_carry])  # as in _read_cell
+            found = [
+                read or self._tiles.get((hunt_id, *cell))
+                for read, cell in zip(found, cells, strict=True)
+            ]
+        missing = [cell for read, cell in zip(found, cells, strict=True) if read is None]
         self._tile_counts.hit["l1"].inc(len(cells) - len(missing))
-        if missing:
-            loaded = await asyncio.gather(*(self._read_cell((hunt_id, *cells[i])) for i in missing))
-            for i, read in zip(missing, loaded, strict=True):
-                found[i] = read
+        if missing:  # one query for them all
+            self._tile_counts.miss["l1"].inc(len(missing))
+            loaded = await self._store.get_tiles(
+                hunt_id, missing, seen_refresh_s=self._view_refreshed_at
+            )
+            for (x, y), read in loaded.items():
+                self._note_refresh(read.refreshed_at.timestamp())
+                self._tiles.put((hunt_id, x, y), read)
+            found = [read or loaded[cell] for read, cell in zip(found, cells, strict=True)]
         return [read for read in found if read is not None]
 
     async def _read_cell(self, key: tuple[str, int, int]) -> TileRead:

@@ -225,7 +225,10 @@ async def test_get_tiles_answers_each_cell_with_only_what_the_caller_lacks(geo):
     await put_tile(geo, b"a1", 1, x=0)
     await put_tile(geo, b"b2", 2, x=1, content_type="image/png")
     refreshed = await refresh(geo)
+    before = geo.queries("get_tiles"), geo.queries("get_tile")
     reply = await get_tiles(geo, (1, 0, 0), (0, 0, 1), (2, 0, 0), (1, 1, 7))
+    # Nothing cached yet: the four cells in one query, none alone.
+    assert (geo.queries("get_tiles"), geo.queries("get_tile")) == (before[0] + 1, before[1])
     answers = [(t.x, t.y, t.found, t.not_modified, t.version, t.data, t.content_type)
                for t in reply.tiles]  # fmt: skip
     assert answers == [
