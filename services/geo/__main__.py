@@ -45,7 +45,7 @@ async def running(
         geo = Geo(store, cache, config, runtime.metrics, clock=clock)
         runtime.warm("catalog of the hunts played", geo.warm)
         runtime.background("geo-tile-refresh", geo.refresh_loop)
-        await runtime.serve(binding(GeoServicer(geo)))
+        await runtime.serve(binding(GeoServicer(geo, config.common.max_message_bytes)))
         yield runtime
 
 

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from libs import paging, validate
 from libs.auth import ADMIN, INTERNAL, PUBLIC
 from libs.cache import MISSING, TtlCache
-from libs.errors import InvalidArgument
+from libs.errors import InvalidArgument, ResourceExhausted
 from libs.server import Binding
 from libs.timestamps import timestamp, timestamp_ms
 from services.geo.model import (
@@ -232,6 +232,8 @@ def checkpoint_pb(cp: Checkpoint) -> geo_pb2.Checkpoint:
 
 #: The most cells one GetTiles asks for (a map's view of 8 x 8 tiles).
 MAX_TILES_PER_CALL = 64
+#: What a GetTiles answer takes beside its tiles' data (64 cells' fields).
+ANSWER_MARGIN_BYTES = 16 * 1024
 
 
 class _ProtoMemo:
@@ -270,8 +272,11 @@ class _ProtoMemo:
 
 
 class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
-    def __init__(self, geo: Geo) -> None:
+    def __init__(self, geo: Geo, max_message_bytes: int = 1 << 20) -> None:
         self._geo = geo
+        #: The tile data one GetTiles answer may carry: the message limit, less
+        #: what the rest of the answer takes.
+        self._max_tiles_bytes = max_message_bytes - ANSWER_MARGIN_BYTES
         self._memo = _ProtoMemo()
 
     # -- catalog --------------------------------------------------------------
@@ -381,6 +386,17 @@ class GeoServicer(geo_pb2_grpc.GeoServiceServicer):
                 raise InvalidArgument(f"cells[{i}]", "asks for a cell asked before")
             asked.add((cell.x, cell.y))
         reads = await self._geo.get_tiles(hunt_id, [(cell.x, cell.y) for cell in cells])
+        carried = sum(
+            len(read.tile.data)
+            for cell, read in zip(cells, reads, strict=True)
+            if read.tile is not None and read.tile.version != cell.known_version
+        )
+        if carried > self._max_tiles_bytes:
+            raise ResourceExhausted(
+                f"the tiles asked for hold {carried} bytes, more than one answer carries "
+                f"({self._max_tiles_bytes}): ask for fewer cells, or GetTile for the large ones",
+                reason="ANSWER_TOO_LARGE",
+            )
         answers = []
         for cell, read in zip(cells, reads, strict=True):
             tile = read.tile

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.geo import create_hunt, status_of
 from tests.support.polling import eventually
-from tests.support.rpcerrors import bad_fields
+from tests.support.rpcerrors import bad_fields, error_info, refused
 from tests.support.worklog import work_done
 from tools.inprocess import geo_service
 from treasure.geo.v1 import geo_pb2
@@ -270,3 +270,17 @@ async def test_get_tiles_refuses_a_bad_cell_list_whole(geo, cells, field):
 
 async def test_get_tiles_of_an_unknown_hunt_is_not_found(geo):
     assert await status_of(get_tiles(geo, (0, 0, 0), hunt_id="nope")) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_get_tiles_refuses_an_answer_larger_than_a_message(geo):
+    big = 250 * 1024  # PutTile takes up to 256 KiB; one answer carries about 1 MiB
+    for x in range(5):
+        await put_tile(geo, bytes([x]) * big, 1, x=x)
+    await refresh(geo)
+    err = await refused(get_tiles(geo, *((x, 0, 0) for x in range(5))))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(err).reason == "ANSWER_TOO_LARGE"
+    # Fewer cells fit, and the tiles the caller holds cost nothing.
+    assert [len(t.data) for t in (await get_tiles(geo, (0, 0, 0), (1, 0, 0))).tiles] == [big, big]
+    held = await get_tiles(geo, *((x, 0, 1) for x in range(5)))
+    assert [t.not_modified for t in held.tiles] == [True] * 5

@@ -269,7 +269,9 @@ class GeoServiceServicer:
         each with the version the caller holds: a cell whose tile is unchanged
         costs a few bytes of the answer, not a call. A cell off the grid is
         INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
-        answered `found` false. Same roles as GetTile.
+        answered `found` false. RESOURCE_EXHAUSTED (reason ANSWER_TOO_LARGE) when
+        the tiles to send would not fit in one message (1 MiB by default): ask
+        for fewer cells. Same roles as GetTile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

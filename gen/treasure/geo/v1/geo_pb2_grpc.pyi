@@ -101,7 +101,9 @@ class GeoServiceStub:
     each with the version the caller holds: a cell whose tile is unchanged
     costs a few bytes of the answer, not a call. A cell off the grid is
     INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
-    answered `found` false. Same roles as GetTile.
+    answered `found` false. RESOURCE_EXHAUSTED (reason ANSWER_TOO_LARGE) when
+    the tiles to send would not fit in one message (1 MiB by default): ask
+    for fewer cells. Same roles as GetTile.
     """
 
 @_typing.type_check_only
@@ -172,7 +174,9 @@ class GeoServiceAsyncStub(GeoServiceStub):
     each with the version the caller holds: a cell whose tile is unchanged
     costs a few bytes of the answer, not a call. A cell off the grid is
     INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
-    answered `found` false. Same roles as GetTile.
+    answered `found` false. RESOURCE_EXHAUSTED (reason ANSWER_TOO_LARGE) when
+    the tiles to send would not fit in one message (1 MiB by default): ask
+    for fewer cells. Same roles as GetTile.
     """
 
 class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -342,7 +346,9 @@ class GeoServiceServicer(metaclass=_abc_1.ABCMeta):
         each with the version the caller holds: a cell whose tile is unchanged
         costs a few bytes of the answer, not a call. A cell off the grid is
         INVALID_ARGUMENT for the whole call; a cell with no tile in the view is
-        answered `found` false. Same roles as GetTile.
+        answered `found` false. RESOURCE_EXHAUSTED (reason ANSWER_TOO_LARGE) when
+        the tiles to send would not fit in one message (1 MiB by default): ask
+        for fewer cells. Same roles as GetTile.
         """
 
 def add_GeoServiceServicer_to_server(servicer: GeoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
