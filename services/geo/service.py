@@ -446,8 +446,7 @@ class Geo:
         for i, (x, y) in enumerate(cells):
             self.check_cell(hunt, x, y, field=f"cells[{i}].")
         found = [self._tiles.get((hunt_id, x, y)) for x, y in cells]
-        if any(read is None for read in found) and self._tile_carry is not None:
-            await asyncio.wait([self._tile_carry])  # as in _read_cell
+        if any(read is None for read in found) and await self._carried():
             found = [
                 read or self._tiles.get((hunt_id, *cell))
                 for read, cell in zip(found, cells, strict=True)
@@ -460,24 +459,31 @@ class Geo:
                 hunt_id, missing, seen_refresh_s=self._view_refreshed_at
             )
             for (x, y), read in loaded.items():
-                self._note_refresh(read.refreshed_at.timestamp())
                 self._tiles.put((hunt_id, x, y), read)
+            # One snapshot: every row is of the same refresh.
+            self._note_refresh(next(iter(loaded.values())).refreshed_at.timestamp())
             found = [read or loaded[cell] for read, cell in zip(found, cells, strict=True)]
         return [read for read in found if read is not None]
 
     async def _read_cell(self, key: tuple[str, int, int]) -> TileRead:
         """A cell the L1 did not answer: after the carry-over in progress, if
         any, else from Postgres (single-flight per cell)."""
-        if self._tile_carry is not None:
-            # A newer refresh is being carried over: one query for every cached
-            # tile rather than one per tile (asyncio.wait: it never raises).
-            await asyncio.wait([self._tile_carry])
+        if await self._carried():
             read = self._tiles.get(key)
             if read is not None:
                 self._tile_counts.hit["l1"].inc()
                 return read
         self._tile_counts.miss["l1"].inc()
         return await self._tile_flight.do(key, lambda: self._load_tile(key))
+
+    async def _carried(self) -> bool:
+        """Waits for the carry-over in progress, if any (one query for every
+        cached tile rather than one per tile); whether there was one. Never
+        raises (asyncio.wait; the carry-over logs its own failure)."""
+        if self._tile_carry is None:
+            return False
+        await asyncio.wait([self._tile_carry])
+        return True
 
     async def _load_tile(self, key: tuple[str, int, int]) -> TileRead:
         read = await self._store.get_tile(*key, seen_refresh_s=self._view_refreshed_at)

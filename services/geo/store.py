@@ -169,23 +169,22 @@ FROM geo.tile_refreshes r
 LEFT JOIN geo.hunt_tile_mv t ON t.hunt_id = $1 AND t.x = $2 AND t.y = $3
 WHERE r.view_name = '{TILE_VIEW}'"""
 
-# The versions of some cells of one hunt in the view (NULL: not in it), with
-# the view's refresh time: one snapshot, so both are of the same refresh.
-_TILE_VERSIONS = f"""
-SELECT r.refreshed_at, c.x, c.y, t.version
+
+def _cells_query(columns: str) -> str:
+    """`columns` of some cells of one hunt in the view ($2, $3: their x and y;
+    NULL where the view has no tile), each row with the view's refresh time:
+    one snapshot, so both are of the same refresh."""
+    return f"""
+SELECT r.refreshed_at, c.x, c.y, {columns}
 FROM geo.tile_refreshes r
 CROSS JOIN unnest($2::int[], $3::int[]) AS c(x, y)
 LEFT JOIN geo.hunt_tile_mv t ON t.hunt_id = $1 AND t.x = c.x AND t.y = c.y
 WHERE r.view_name = '{TILE_VIEW}'"""
 
-# Some cells of one hunt as the view shows them, with its refresh time (one
-# snapshot): GetTiles's misses in one statement.
-_GET_TILES = f"""
-SELECT r.refreshed_at, c.x, c.y, t.version, t.content_type, t.data
-FROM geo.tile_refreshes r
-CROSS JOIN unnest($2::int[], $3::int[]) AS c(x, y)
-LEFT JOIN geo.hunt_tile_mv t ON t.hunt_id = $1 AND t.x = c.x AND t.y = c.y
-WHERE r.view_name = '{TILE_VIEW}'"""
+
+# The carry-over of the tile cache after a refresh, and GetTiles's misses.
+_TILE_VERSIONS = _cells_query("t.version")
+_GET_TILES = _cells_query("t.version, t.content_type, t.data")
 
 _LAST_REFRESH = f"SELECT refreshed_at FROM geo.tile_refreshes WHERE view_name = '{TILE_VIEW}'"
 
@@ -202,6 +201,14 @@ WITH work AS (
     RETURNING refreshed_at),
 {worklog.counted("geo", "work", "'tile-refresh'", "$1")}
 SELECT refreshed_at FROM work"""
+
+
+def _tile_read(row: asyncpg.Record) -> TileRead:
+    """A row of the view joined to its refresh (version NULL: no tile)."""
+    tile = None
+    if row["version"] is not None:
+        tile = Tile(row["version"], row["content_type"], row["data"])
+    return TileRead(tile, row["refreshed_at"])
 
 
 def _hunt(row: asyncpg.Record) -> Hunt:
@@ -479,10 +486,7 @@ class GeoStore:
             fresh=lambda r: r is not None and r["refreshed_at"].timestamp() >= seen_refresh_s,
         )
         assert row is not None  # one row: the view's refresh, joined to the tile if any
-        tile = None
-        if row["version"] is not None:
-            tile = Tile(row["version"], row["content_type"], row["data"])
-        return TileRead(tile, row["refreshed_at"])
+        return _tile_read(row)
 
     @unavailable_when_down("read the tiles")
     async def get_tiles(
@@ -491,23 +495,8 @@ class GeoStore:
         """Several cells of one hunt as the view shows them, in one query; from
         the read replica on the same terms as get_tile. `cells` not empty."""
         self._count["get_tiles"].inc()
-        rows = await self._reads.fetch(
-            _GET_TILES,
-            hunt_id,
-            [x for x, _ in cells],
-            [y for _, y in cells],
-            timeout=self._timeout,
-            fresh=lambda rs: bool(rs) and rs[0]["refreshed_at"].timestamp() >= seen_refresh_s,
-        )
-        return {
-            (r["x"], r["y"]): TileRead(
-                Tile(r["version"], r["content_type"], r["data"])
-                if r["version"] is not None
-                else None,
-                r["refreshed_at"],
-            )
-            for r in rows
-        }
+        rows = await self._cells(_GET_TILES, hunt_id, cells, seen_refresh_s)
+        return {(r["x"], r["y"]): _tile_read(r) for r in rows}
 
     @unavailable_when_down("read the tile versions")
     async def tile_versions(
@@ -515,19 +504,24 @@ class GeoStore:
     ) -> tuple[dict[tuple[int, int], int | None], datetime]:
         """The view's version of each cell (None: not in the view) and the
         view's refresh time, in one query; from the read replica on the same
-        terms as get_tile."""
+        terms as get_tile. `cells` not empty."""
         self._count["tile_versions"].inc()
-        rows = await self._reads.fetch(
-            _TILE_VERSIONS,
+        rows = await self._cells(_TILE_VERSIONS, hunt_id, cells, seen_refresh_s)
+        return {(r["x"], r["y"]): r["version"] for r in rows}, rows[0]["refreshed_at"]
+
+    async def _cells(
+        self, query: str, hunt_id: str, cells: list[tuple[int, int]], seen_refresh_s: float
+    ) -> list[asyncpg.Record]:
+        """A `_cells_query` for these cells (one row each), from the standby
+        when its view is at least as new as `seen_refresh_s`."""
+        return await self._reads.fetch(
+            query,
             hunt_id,
             [x for x, _ in cells],
             [y for _, y in cells],
             timeout=self._timeout,
             fresh=lambda rs: bool(rs) and rs[0]["refreshed_at"].timestamp() >= seen_refresh_s,
         )
-        if not rows:  # no cells asked: the refresh time alone
-            return {}, await self.last_refresh()
-        return {(r["x"], r["y"]): r["version"] for r in rows}, rows[0]["refreshed_at"]
 
     @unavailable_when_down("read the tile view age")
     async def last_refresh(self) -> datetime:
