@@ -51,11 +51,11 @@ from datetime import UTC, datetime
 
 import grpc
 import uvloop
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from bench.loadgen import channels
+from bench.loadgen import channel
 from bench.procstat import cpu_seconds, postgres_cpu_seconds
 from libs.auth import bearer_metadata
+from libs.timestamps import timestamp
 from tools.inprocess import checkpoint_message, hunt_message
 from tools.stats import percentile
 from treasure.common.v1 import common_pb2
@@ -90,17 +90,6 @@ TIMEOUT_S = 10.0
 def to_point(x_m: float, y_m: float) -> common_pb2.GeoPoint:
     return common_pb2.GeoPoint(lat=ORIGIN[0] + y_m / M_PER_DEG_LAT,
                                lon=ORIGIN[1] + x_m / M_PER_DEG_LON)  # fmt: skip
-
-
-def channel(addr: str) -> grpc.aio.Channel:
-    """A channel on a TCP connection of its own (bench.loadgen.channels)."""
-    return channels(addr, 1)[0]
-
-
-def timestamp_now() -> Timestamp:
-    at = Timestamp()
-    at.FromDatetime(datetime.now(UTC))
-    return at
 
 
 class Festival:
@@ -195,7 +184,7 @@ class Player:
             self.x, self.y = (cell[0] + 0.5) * TILE_M, (cell[1] + 0.5) * TILE_M
             reply = await f.scan.SubmitScan(scan_pb2.SubmitScanRequest(
                 player_id=self.id, hunt_id=f.hunt_id, tag_id=f.tags[cell],
-                location=to_point(self.x, self.y), accuracy_m=5.0, scanned_at=timestamp_now(),
+                location=to_point(self.x, self.y), accuracy_m=5.0, scanned_at=timestamp(datetime.now(UTC)),
                 client_scan_id=uuid.uuid4().hex), metadata=md, timeout=TIMEOUT_S)  # fmt: skip
             self.found.add(cell)
             self.target = self._next_target()

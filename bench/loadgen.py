@@ -265,6 +265,11 @@ async def closed_loop(
     return recorder, time.perf_counter() - begin
 
 
+def channel(addr: str) -> grpc.aio.Channel:
+    """A channel on a TCP connection of its own."""
+    return channels(addr, 1)[0]
+
+
 def channels(addr: str, n: int) -> list[grpc.aio.Channel]:
     """n channels, each on its own TCP connection: gRPC shares a connection
     between channels to the same target unless each keeps its own pool. An

@@ -14,11 +14,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def parent(pid: int) -> int:
+def _status(pid: int, field: str) -> int:
+    """The first number of a field of /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no parent of {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def parent(pid: int) -> int:
+    return _status(pid, "PPid")
 
 
 def postgres_cpu_seconds(postmaster: int) -> float:
@@ -37,8 +42,5 @@ def postgres_cpu_seconds(postmaster: int) -> float:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (/proc/PID/status, VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """Resident memory of a process (/proc/PID/status, VmRSS, in KiB)."""
+    return _status(pid, "VmRSS") * 1024

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -46,14 +47,22 @@ SERVICES = ("geo", "score", "leaderboard", "scan")
 def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: int | None = None,
             duration: float, warmup: int = 50, connections: int = 1,
             requests: int | None = None, extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
-    command = [sys.executable, "-m", "bench.loadgen", "--target", target, "--addr", addr, *extra,
+    options = ["--target", target, "--addr", addr, *extra,
                "--duration", str(duration), "--warmup", str(warmup), "--hunt-file", str(HUNT_FILE),
                "--connections", str(connections), "--keep-latencies"]  # fmt: skip
-    command += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
-    command += ["--requests", str(requests)] if requests else []
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=duration + 120)
+    options += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
+    options += ["--requests", str(requests)] if requests else []
+    return run_module("bench.loadgen", *options, timeout=duration + 120)
+
+
+def run_module(module: str, *options: str, timeout: float, show_stderr: bool = False) -> dict:
+    """`python -m module options...` in its own process; the JSON it prints."""
+    command = [sys.executable, "-m", module, *options]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if show_stderr:
+        sys.stderr.write(done.stderr[-4000:])
     if done.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"{module} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 
@@ -254,13 +263,7 @@ def run_reads(args: argparse.Namespace, stack: Stack) -> dict:
     WatchTop streams on the leaderboard process (bench/watchers.py), each
     from a load generator in its own process, on the stack as it stands."""
 
-    def run(module: str, *options: str, timeout: float) -> dict:
-        command = [sys.executable, "-m", module, *options]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        sys.stderr.write(done.stderr[-4000:])
-        if done.returncode != 0:
-            raise RuntimeError(f"{module} failed: {done.stderr[-2000:]}")
-        return json.loads(done.stdout)
+    run = functools.partial(run_module, show_stderr=True)
 
     step_s = 6.0 if args.quick else 15.0
     pids = {**stack.pids(), **redis_pids(stack)}

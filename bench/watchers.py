@@ -41,11 +41,11 @@ from datetime import UTC, datetime
 
 import grpc
 import uvloop
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from bench.loadgen import channels
+from bench.loadgen import channel
 from bench.procstat import cpu_seconds, rss_bytes
 from libs.auth import bearer_metadata
+from libs.timestamps import timestamp
 from tools.inprocess import checkpoint_message, hunt_message
 from tools.stats import percentile
 from treasure.common.v1 import common_pb2
@@ -146,11 +146,6 @@ def watch_reads(metrics_port: int) -> float:
     return 0.0
 
 
-def channel(addr: str) -> grpc.aio.Channel:
-    """A channel on a TCP connection of its own (bench.loadgen.channels)."""
-    return channels(addr, 1)[0]
-
-
 async def create_hunt(geo_addr: str, hunt_id: str, token: str) -> list[geo_pb2.Checkpoint]:
     async with channel(geo_addr) as ch:
         geo = geo_pb2_grpc.GeoServiceStub(ch)
@@ -193,8 +188,7 @@ class Climbers:
         self.n += 1
         cp = self.checkpoints[self.done[i] % len(self.checkpoints)]
         self.done[i] += 1
-        at = Timestamp()
-        at.FromDatetime(datetime.now(UTC))
+        at = timestamp(datetime.now(UTC))
         request = scan_pb2.SubmitScanRequest(
             player_id=self.players[i], hunt_id=self.hunt_id, tag_id=cp.tag_id,
             client_scan_id=uuid.uuid4().hex, location=common_pb2.GeoPoint(
