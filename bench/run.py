@@ -113,6 +113,8 @@ def plot(runs: list[dict], path: Path) -> None:
         )
         if run.get("connections", 1) > 1:
             label += f" x{run['connections']} conns"
+        if "variant" in run:
+            label += f" ({run['variant']})"
         ys = [i / len(values) for i in range(1, len(values) + 1)]
         axes[0].plot(values, ys, label=label)
     axes[0].set_xscale("log")
@@ -120,8 +122,9 @@ def plot(runs: list[dict], path: Path) -> None:
     axes[0].set_ylabel("fraction of requests")
     axes[0].set_title("Latency CDF")
     axes[0].legend(fontsize=7)
-    overload = [r for r in runs if "offered_x" in r and "pending_bound" not in r]
-    bounded = [r for r in runs if "pending_bound" in r]
+    overload = [r for r in runs if "offered_x" in r and "variant" not in r]
+    bounded = [r for r in runs if r.get("variant") == "pending_bound"]
+    alone = [r for r in runs if r.get("variant") == "no_acceptors" and "offered_x" in r]
     offered = [r["offered_rate"] for r in overload]
     axes[1].plot(offered, [r["accepted_p50_ms"] for r in overload], "o-", label="accepted p50")
     axes[1].plot(offered, [r["accepted_p99_ms"] for r in overload], "o-", label="accepted p99")
@@ -129,6 +132,9 @@ def plot(runs: list[dict], path: Path) -> None:
     if bounded:
         axes[1].plot([r["offered_rate"] for r in bounded], [r["accepted_p99_ms"] for r in bounded],
                      "o-", label=f"accepted p99, core queue bounded ({bounded[0]['pending_bound']})")  # fmt: skip
+    if alone:
+        axes[1].plot([r["offered_rate"] for r in alone], [r["accepted_p99_ms"] for r in alone],
+                     "o-", label="accepted p99, grpc.aio's accept loop alone")  # fmt: skip
     axes[1].set_yscale("log")
     rate_axis = axes[1].twinx()
     rate_axis.plot(offered, [r["goodput_per_s"] for r in overload], "s--", color="green",
@@ -230,19 +236,28 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str,
             measure(rate=round(multiple * capacity))["offered_x"] = multiple
         for connections in CONNECTIONS:
             measure(rate=round(0.5 * capacity), connections=connections)["connections_run"] = True
-        # Past capacity again with gRPC core's queue in front of the gate bounded
-        # (a restart of scan: after the runs above, which the long-running one serves).
-        stack.extra_env["SCAN_GRPC_MAX_PENDING"] = str(BOUNDED_PENDING)
-        asyncio.run(stack.restart("scan"))
-        pids["scan"] = stack.pids()["scan"]
-        try:
-            for multiple in (m for m in OVERLOAD if m >= 2.0):
-                run = measure(rate=round(multiple * capacity))
-                run.update(offered_x=multiple, pending_bound=BOUNDED_PENDING)
-        finally:
-            stack.extra_env.pop("SCAN_GRPC_MAX_PENDING")
+        # Scan restarted another way, past capacity again (after the runs above,
+        # which the long-running process serves): gRPC core's queue in front of
+        # the gate bounded, and grpc.aio's own accept loop alone, as before
+        # libs/acceptors (also at 8 and 32 in flight): same-run comparisons.
+        for variant, env in VARIANTS:
+            stack.extra_env.update(env)
             asyncio.run(stack.restart("scan"))
             pids["scan"] = stack.pids()["scan"]
+            try:
+                if variant == "no_acceptors":
+                    for concurrency in (8, 32):
+                        measure(concurrency=concurrency)["variant"] = variant
+                for multiple in (m for m in OVERLOAD if m >= 2.0):
+                    run = measure(rate=round(multiple * capacity))
+                    run.update(offered_x=multiple, variant=variant)
+                    if variant == "pending_bound":
+                        run["pending_bound"] = BOUNDED_PENDING
+            finally:
+                for name in env:
+                    stack.extra_env.pop(name)
+                asyncio.run(stack.restart("scan"))
+                pids["scan"] = stack.pids()["scan"]
         warm = run_warm_start(stack, round(0.5 * capacity))
         reads = run_reads(args, stack)
         reads["tiles"] = run_tiles(args, stack, dsn, echo_8)
@@ -477,6 +492,11 @@ def _summary(sets: list[dict]) -> dict:
 OVERLOAD = (0.5, 1.0, 2.0, 4.0)
 #: SCAN_GRPC_MAX_PENDING of the overload runs with a bounded queue in gRPC's core.
 BOUNDED_PENDING = 8
+#: Scan restarted with these settings for the same-run comparisons (run_scan_bench).
+VARIANTS = (
+    ("pending_bound", {"SCAN_GRPC_MAX_PENDING": str(BOUNDED_PENDING)}),
+    ("no_acceptors", {"GRPC_ACCEPTORS": "0"}),
+)
 #: Client connections of the connection runs (open loop at 0.5x capacity).
 CONNECTIONS = (1, 100)
 
@@ -619,9 +639,15 @@ def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
             "failed": r["errors"] - r["shed"] - r["dropped"],
             "shed_recorded": r["shed_recorded"],
             **({"pending_bound": r["pending_bound"]} if "pending_bound" in r else {}),
+            **({"variant": r["variant"]} if "variant" in r else {}),
         }
 
-    untraced = [r for r in scan_runs if r["target"] == "scan"]
+    every = [r for r in scan_runs if r["target"] == "scan"]
+    untraced = [r for r in every if "variant" not in r]
+
+    def variant(name: str) -> list[dict]:
+        return [r for r in every if r.get("variant") == name]
+
     return {
         "echo_1": closed(floor, 1, "echo"),
         "echo_8": closed(floor, 8, "echo")["per_s"],
@@ -631,10 +657,18 @@ def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
         "scan_32": closed(untraced, 32, "scan"),
         "scan_64": closed(untraced, 64, "scan"),
         "capacity_per_s": max(r["rate_per_s"] for r in untraced),
-        "overload": [
-            overload(r) for r in untraced if "offered_x" in r and "pending_bound" not in r
-        ],
-        "overload_pending_bound": [overload(r) for r in untraced if "pending_bound" in r],
+        "overload": [overload(r) for r in untraced if "offered_x" in r],
+        "overload_pending_bound": [overload(r) for r in variant("pending_bound")],
+        # The same, and 8 and 32 in flight, with scan on grpc.aio's accept loop alone.
+        "without_acceptors": {
+            "scan_8": closed(variant("no_acceptors"), 8, "scan"),
+            "scan_32": closed(variant("no_acceptors"), 32, "scan"),
+            "overload": [overload(r) for r in variant("no_acceptors") if "offered_x" in r],
+            "cpu_ms_per_scan": next(
+                (r["cpu_ms_per_scan"] for r in variant("no_acceptors") if r.get("cpu_ms_per_scan")),
+                None,
+            ),
+        },
         "connections": {
             str(r["connections"]): {
                 "offered_per_s": r["offered_rate"],
@@ -666,10 +700,20 @@ def ratios(f: dict) -> dict:
     for x in (2.0, 4.0):
         out[f"goodput_{x:g}x_over_capacity"] = by_x[x]["goodput_per_s"] / f["capacity_per_s"]
         out[f"accepted_p99_{x:g}x_over_0.5x"] = by_x[x]["accepted_p99_ms"] / half
-    for o in f["overload_pending_bound"]:
-        x = o["offered_x"]
-        out[f"bounded_goodput_{x:g}x_over_capacity"] = o["goodput_per_s"] / f["capacity_per_s"]
-        out[f"bounded_accepted_p99_{x:g}x_over_0.5x"] = o["accepted_p99_ms"] / half
+    for prefix, runs in (
+        ("bounded", f["overload_pending_bound"]),
+        ("no_acceptors", f["without_acceptors"]["overload"]),
+    ):
+        for o in runs:
+            x = o["offered_x"]
+            out[f"{prefix}_goodput_{x:g}x_over_capacity"] = o["goodput_per_s"] / f["capacity_per_s"]
+            out[f"{prefix}_accepted_p99_{x:g}x_over_0.5x"] = o["accepted_p99_ms"] / half
+            out[f"{prefix}_shed_p99_{x:g}x_ms"] = o["shed_p99_ms"]
+    for x in (2.0, 4.0):
+        out[f"shed_p99_{x:g}x_ms"] = by_x[x]["shed_p99_ms"]
+    before = f["without_acceptors"]
+    out["no_acceptors_scan_8_over_echo_8"] = before["scan_8"]["per_s"] / f["echo_8"]
+    out["no_acceptors_scan_32_over_echo_32"] = before["scan_32"]["per_s"] / f["echo_32"]
     for label, _, _ in RESTARTS:  # #18: within 1.5x of steady state
         out[f"warm_start_{label}_p99_over_steady"] = f["warm_start"][label]["p99_x"]
     return {k: round(v, 3) for k, v in out.items()}
@@ -794,6 +838,8 @@ def write_summary(report: dict, reads: dict) -> None:
             if r["mode"] == "open"
             else f"{r['concurrency']} in flight"
         )
+        if "variant" in r:
+            load += f" ({r['variant']})"
         lines.append(
             f"| {r['target']} | {load} | {r['rate_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} |"
@@ -825,8 +871,15 @@ def write_summary(report: dict, reads: dict) -> None:
         "| offered | goodput /s | accepted p50 ms | accepted p99 ms | shed | shed p99 ms | dropped | dropped p99 ms | failed | shed or dropped, recorded |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for o in report["overload"] + report["overload_pending_bound"]:
-        bound = f", SCAN_GRPC_MAX_PENDING={o['pending_bound']}" if "pending_bound" in o else ""
+    for o in (
+        report["overload"]
+        + report["overload_pending_bound"]
+        + report["without_acceptors"]["overload"]
+    ):
+        bound = {
+            "pending_bound": f", SCAN_GRPC_MAX_PENDING={o.get('pending_bound')}",
+            "no_acceptors": ", GRPC_ACCEPTORS=0",
+        }.get(o.get("variant", ""), "")
         lines.append(
             f"| {o['offered_x']:g}x ({o['offered_per_s']:g}/s{bound}) | {o['goodput_per_s']:.1f} | "
             f"{o['accepted_p50_ms']:.2f} | {o['accepted_p99_ms']:.2f} | {o['shed']} | "

@@ -261,6 +261,9 @@ class ServiceSettings:
     #: before a handler takes them (libs.server); past it, and surely past
     #: twice it, core drops new calls unread (CANCELLED); 0: gRPC's default.
     grpc_max_pending: int = 0
+    #: `GRPC_ACCEPTORS`: requests for new calls kept outstanding in gRPC's
+    #: core per method besides grpc.aio's own one (libs.acceptors); 0: its alone.
+    grpc_acceptors: int = 8
 
     @classmethod
     def read(cls, env: Env, prefix: str, grpc_port: int, metrics_port: int) -> ServiceSettings:
@@ -292,6 +295,7 @@ class ServiceSettings:
             traces_sampler=env.str("OTEL_TRACES_SAMPLER", ""),
             warmup_timeout_s=env.float("WARMUP_TIMEOUT_S", 20.0, min=0, max=3600),
             grpc_max_pending=env.int(f"{prefix}_GRPC_MAX_PENDING", 0, min=0, max=100_000),
+            grpc_acceptors=env.int("GRPC_ACCEPTORS", 8, min=0, max=256),
         )
 
     def require_peer_token(self, env: Env) -> None:

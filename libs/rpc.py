@@ -166,9 +166,10 @@ class ServiceHandlers:
 
     def add_to_server(
         self, add_servicer: Callable[[object, object], None], servicer: object, server
-    ) -> None:
+    ) -> dict[str, grpc.RpcMethodHandler]:
         """Registers `servicer` on `server` (through its generated `add_*`
-        function) with every method wrapped."""
+        function) with every method wrapped; returns the wrapped handlers by
+        full method name (`/pkg.Service/Method`), as registered."""
         captured = _Captured()
         add_servicer(servicer, captured)
         wrapped = {}
@@ -184,6 +185,7 @@ class ServiceHandlers:
             (grpc.method_handlers_generic_handler(self._domain, wrapped),)
         )
         server.add_registered_method_handlers(self._domain, wrapped)
+        return {f"/{self._domain}/{name}": handler for name, handler in wrapped.items()}
 
     def _check(self, metadata: Mapping[str, str], roles: frozenset[Role]) -> None:
         header = metadata.get(AUTH_HEADER)

@@ -38,6 +38,7 @@ from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
 from libs import pg, rediskit
+from libs.acceptors import Acceptors
 from libs.auth import Authenticator, Role
 from libs.channels import PeerChannel, open_channel
 from libs.config import ConfigError, ReadReplica, ServiceSettings
@@ -119,11 +120,17 @@ class Runtime:
         self._background: list[asyncio.Task[None]] = []
         self._background_factories: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._server: grpc.aio.Server | None = None
+        self._acceptors: Acceptors | None = None
         self._health = HealthServicer()
         self._probes: list[Callable[[], Awaitable[object]]] = []
         self._warm_steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         self._service_name = ""
         self._memory_reported = False
+
+    @property
+    def acceptors(self) -> Acceptors | None:
+        """The extra accept loops of the running server (libs.acceptors)."""
+        return self._acceptors
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -251,7 +258,7 @@ class Runtime:
                 *_pending_options(settings.grpc_max_pending),
             ],
         )
-        handlers.add_to_server(binding.add_to_server, binding.servicer, server)
+        registered = handlers.add_to_server(binding.add_to_server, binding.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self._service_name = binding.descriptor.full_name
         reflection.enable_server_reflection(
@@ -266,6 +273,8 @@ class Runtime:
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
+        self._acceptors = Acceptors(server, registered, settings.grpc_acceptors)
+        self._acceptors.start()
         self.metrics_port = self.metrics.serve(settings.metrics_listen)
         for probe in self._probes:
             await probe()
@@ -323,6 +332,9 @@ class Runtime:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s)
             self._server = None
+        if self._acceptors is not None:
+            await self._acceptors.wait()
+            self._acceptors = None
         await _stop_tasks(self._background)
         self._background.clear()
         await self._resources.aclose()
