@@ -555,7 +555,15 @@ def run_traced(args: argparse.Namespace, stack: Stack) -> list[dict]:
     runs = []
     for target, sampling, concurrencies in TRACED:
         runs += _traced(args, stack, target, sampling, concurrencies)
-    return runs
+    # Untraced again, right after, on services restarted the same way: this machine's
+    # speed drifts by a third within the hour, so the traced runs are compared with
+    # this one, not with the first runs of the bench minutes before.
+    for service in SERVICES:
+        asyncio.run(stack.restart(service))
+    result = loadgen("scan", stack.addr("scan"), duration=args.duration, concurrency=8)
+    result["variant"] = "untraced_after_traced"
+    print(describe(result), flush=True)
+    return runs + [result]
 
 
 def _traced(args: argparse.Namespace, stack: Stack, target: str, sampling: dict[str, str],
@@ -682,6 +690,7 @@ def figures(scan_runs: list[dict], floor: list[dict]) -> dict:
         "cpu_ms_per_scan": next(r["cpu_ms_per_scan"] for r in untraced if r.get("cpu_ms_per_scan")),
         "traced_all_8": closed(scan_runs, 8, "scan+otlp"),
         "traced_sampled_8": closed(scan_runs, 8, "scan+otlp 10%"),
+        "untraced_after_traced_8": closed(variant("untraced_after_traced"), 8, "scan"),
     }
 
 
@@ -695,7 +704,12 @@ def ratios(f: dict) -> dict:
         "scan_1_p50_over_echo_1_p50": f["scan_1"]["p50_ms"] / f["echo_1"]["p50_ms"],
         "connections_100_p99_over_1_p99": f["connections"]["100"]["p99_ms"]
         / f["connections"]["1"]["p99_ms"],
-        "traced_all_over_untraced_8": f["traced_all_8"]["per_s"] / f["scan_8"]["per_s"],
+        # Against the untraced run right after the traced ones (run_traced).
+        "traced_all_over_untraced_8": f["traced_all_8"]["per_s"]
+        / f["untraced_after_traced_8"]["per_s"],
+        "traced_sampled_over_untraced_8": f["traced_sampled_8"]["per_s"]
+        / f["untraced_after_traced_8"]["per_s"],
+        "traced_all_over_first_scan_8": f["traced_all_8"]["per_s"] / f["scan_8"]["per_s"],
     }
     for x in (2.0, 4.0):
         out[f"goodput_{x:g}x_over_capacity"] = by_x[x]["goodput_per_s"] / f["capacity_per_s"]
