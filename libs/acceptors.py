@@ -8,8 +8,9 @@ of the event loop, one after the other; while the loop is busy with the calls
 already taken, a turn lasts longer, and the rate at which new calls are taken
 falls below the rate at which they arrive. They then wait in core's queue of
 calls no handler has taken (1,000-3,000 deep): seconds of latency with the
-process far from busy (measured in `make bench`: at 2x its capacity scan used
-0.6 of a core while its callers saw a median of 1.1 s, its handlers 42 ms).
+process far from busy (on a stack of its own at about 2x its capacity, scan
+used 0.6 of a core while its callers saw a median of 1.1 s, its handlers 42 ms;
+docs/ARCHITECTURE.md, "Admission").
 Upstream knows the cost (grpc/grpc#43461, "Fix server RPC accept loop
 performance regression", open).
 
@@ -18,10 +19,10 @@ more request outstanding and start each call it gets the way grpc.aio's own
 loop does (`_handle_rpc` under `_schedule_rpc_coro`: the same handler lookup,
 cancellation and error handling). So up to `count + 1` calls of a method are
 taken per turn. The calls it takes run no server interceptors: it is for
-servers built without any, as libs.server builds them (its handlers are
-wrapped instead, libs.rpc). It uses grpc.aio's private API of the pinned version: when it
-is not there, `Acceptors.start` logs it and the server runs with gRPC's own
-loop alone, as before.
+servers built without any, as libs.server builds them (their handlers are
+wrapped instead, libs.rpc). It uses grpc.aio's private API of the pinned
+version: where that is missing, `Acceptors.start` logs it and the server runs
+with gRPC's own loop alone, as before.
 
 Shutdown: the loops are never cancelled while core holds their request (a
 call matched to a cancelled request would be lost). `server.stop()` fails
@@ -50,6 +51,7 @@ try:
             (cygrpc, "_MethodResolver"),
             (cygrpc, "_RequestCallError"),
             (cygrpc.AioServer, "_request_registered_call"),
+            (cygrpc.AioServer, "is_running"),
         )
     )
 except ImportError:  # pragma: no cover - grpcio always ships cygrpc
@@ -68,7 +70,7 @@ class Acceptors:
         self._count = count
         self._loops: list[asyncio.Task[None]] = []
         self._calls: set[asyncio.Task[None]] = set()
-        self.taken = 0  # calls started by these loops (tests and metrics read it)
+        self.taken = 0  # calls started by these loops
 
     @property
     def running(self) -> int:
@@ -101,7 +103,9 @@ class Acceptors:
             try:
                 state = await core._request_registered_call(name)
             except cygrpc._RequestCallError:
-                return  # the server is stopping: core failed the request
+                if core.is_running():
+                    continue  # core failed this request only: ask again, as grpc.aio does
+                return  # the server is stopping: core failed every request
             except Exception as exc:  # a server that stopped before the request was made
                 log.debug("accept loop of %s ends: %r", method, exc)
                 return
