@@ -273,8 +273,13 @@ class Runtime:
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
-        self._acceptors = Acceptors(server, registered, settings.grpc_acceptors)
-        self._acceptors.start()
+        acceptors = self._acceptors = Acceptors(server, registered, settings.grpc_acceptors)
+        acceptors.start()
+        self.metrics.gauge_fn(
+            "grpc_accept_loops",
+            "Extra loops taking calls from gRPC's core (libs/acceptors.py); 0 when off.",
+            lambda: acceptors.running,
+        )
         self.metrics_port = self.metrics.serve(settings.metrics_listen)
         for probe in self._probes:
             await probe()

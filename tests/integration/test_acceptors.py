@@ -57,6 +57,8 @@ async def test_calls_taken_by_the_acceptors_are_served_like_any(served):
     runtime, servicer, stub = served
     methods = geo_pb2.DESCRIPTOR.services_by_name["GeoService"].methods
     assert runtime.acceptors is not None and runtime.acceptors.running == len(methods) * ACCEPTORS
+    exported = runtime.metrics.registry.get_sample_value("grpc_accept_loops")
+    assert exported == len(methods) * ACCEPTORS
     replies = await asyncio.gather(
         *(
             stub.CheckIn(geo_pb2.CheckInRequest(), metadata=bearer(SERVICE_TOKEN), timeout=5)
@@ -132,5 +134,6 @@ async def test_without_the_private_api_grpcs_own_loop_serves(monkeypatch):
             )
         assert servicer.check_ins == 20
         assert runtime.acceptors.running == 0 and runtime.acceptors.taken == 0
+        assert runtime.metrics.registry.get_sample_value("grpc_accept_loops") == 0
     finally:
         await runtime.close()
