@@ -240,14 +240,13 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str,
         # which the long-running process serves): gRPC core's queue in front of
         # the gate bounded, and grpc.aio's own accept loop alone, as before
         # libs/acceptors (also at 8 and 32 in flight): same-run comparisons.
-        for variant, env in VARIANTS:
+        for variant, env, concurrencies in VARIANTS:
             stack.extra_env.update(env)
             asyncio.run(stack.restart("scan"))
             pids["scan"] = stack.pids()["scan"]
             try:
-                if variant == "no_acceptors":
-                    for concurrency in (8, 32):
-                        measure(concurrency=concurrency)["variant"] = variant
+                for concurrency in concurrencies:
+                    measure(concurrency=concurrency)["variant"] = variant
                 for multiple in (m for m in OVERLOAD if m >= 2.0):
                     run = measure(rate=round(multiple * capacity))
                     run.update(offered_x=multiple, variant=variant)
@@ -492,10 +491,11 @@ def _summary(sets: list[dict]) -> dict:
 OVERLOAD = (0.5, 1.0, 2.0, 4.0)
 #: SCAN_GRPC_MAX_PENDING of the overload runs with a bounded queue in gRPC's core.
 BOUNDED_PENDING = 8
-#: Scan restarted with these settings for the same-run comparisons (run_scan_bench).
+#: Scan restarted with these settings for the same-run comparisons
+#: (run_scan_bench): its name, its settings, the closed-loop runs before 2x and 4x.
 VARIANTS = (
-    ("pending_bound", {"SCAN_GRPC_MAX_PENDING": str(BOUNDED_PENDING)}),
-    ("no_acceptors", {"GRPC_ACCEPTORS": "0"}),
+    ("pending_bound", {"SCAN_GRPC_MAX_PENDING": str(BOUNDED_PENDING)}, ()),
+    ("no_acceptors", {"GRPC_ACCEPTORS": "0"}, (8, 32)),
 )
 #: Client connections of the connection runs (open loop at 0.5x capacity).
 CONNECTIONS = (1, 100)
