@@ -134,7 +134,17 @@ def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0] in CLUSTER_SCHEMES
 
 
-def connect(url: str, *, max_connections: int = 64, socket_timeout: float = 1.0) -> AnyRedis:
+#: Connections in each client's pool (per master on a Redis Cluster). redis-py's
+#: asyncio pools fail a command that finds them all in use ("Too many
+#: connections") rather than wait for one.
+POOL_SIZE = 64
+#: So a RedisGuard lets this many calls run at once by default, and the rest
+#: wait for a slot within their budget: a burst (200 WatchTop streams opening
+#: at once) waits a moment instead of failing.
+GUARD_IN_FLIGHT = POOL_SIZE - 8
+
+
+def connect(url: str, *, max_connections: int = POOL_SIZE, socket_timeout: float = 1.0) -> AnyRedis:
     """A client for `url` (not yet connected; the first command connects)."""
     scheme, sep, rest = url.partition("://")
     common: dict[str, Any] = dict(
@@ -449,8 +459,8 @@ class RedisGuard:
       naming the guard. It is raised `from` the caught error.
     - `breaker`: skip Redis for a while after consecutive failures (`Breaker`).
     - `max_in_flight`: at most this many calls at once (the others wait,
-      within their budget): keep it below the client's pool size, where more
-      would fail rather than wait.
+      within their budget); by default `GUARD_IN_FLIGHT`, below the client's
+      pool size, where more would fail rather than wait.
     - `on_failure`: told of every failure and skipped call (count, log).
 
     Per call, `default` is the failure policy: leave it out to raise (`error`),
@@ -467,7 +477,7 @@ class RedisGuard:
         catch: tuple[type[BaseException], ...] = (RedisError, OSError),
         error: Callable[[BaseException | None], Exception] | None = None,
         breaker: Breaker | None = None,
-        max_in_flight: int | None = None,
+        max_in_flight: int | None = GUARD_IN_FLIGHT,
         on_failure: Callable[[Failure], None] | None = None,
     ) -> None:
         self.name = name

@@ -10,7 +10,7 @@ flush, restart). Its rules:
 - The checkpoint set is served only when complete: it carries the version it is
   complete for (`_v`), which must equal the score's version.
 - Every call goes through one `libs.rediskit.RedisGuard`: a short deadline,
-  at most `_MAX_IN_FLIGHT` at once; nothing here raises to the caller. Reads
+  at most `rediskit.GUARD_IN_FLIGHT` at once; nothing here raises to the caller. Reads
   answer None (a miss) and writes give up quietly (counted and logged, rate
   limited). A write that failed twice marks the key dirty in a bounded L1 map,
   so this process reads that player from Postgres until a refill succeeds, and
@@ -60,8 +60,6 @@ _WRITE_THROUGH = Script(_HERE / "write_through.lua")
 #: A score or progress read from Postgres (`fill_score`, `fill_progress`).
 _FILL = Script(_HERE / "fill.lua")
 
-#: Below rediskit's 64 pooled connections: more would fail, not wait.
-_MAX_IN_FLIGHT = 56
 _REPAIR_QUEUE = 1024
 _DIRTY_MAX = 100_000
 
@@ -154,7 +152,6 @@ class HotTier:
             "score redis",
             timeout_s=timeout_s,
             breaker=self._breaker,
-            max_in_flight=_MAX_IN_FLIGHT,
             on_failure=self._failed,
         )
 

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from libs import errors
+from libs import errors, rediskit
 from libs.rediskit import Breaker, CacheUnavailable, Failure, RedisGuard, Script
 from tests.support.infra import REPO
 from tests.support.redis_scripts import CACHE_MODULES, scripts_of
@@ -201,6 +201,26 @@ async def test_max_in_flight_bounds_concurrent_calls_within_their_budget():
     assert await guard.call(lambda: answer(), timeout_s=0.02, default="no slot") == "no slot"
     hold.set()
     await asyncio.gather(*blockers)
+
+
+async def test_by_default_a_guard_stays_below_the_pool():
+    """redis-py's pool fails a command past its size instead of waiting (200
+    WatchTop streams opening at once failed UNAVAILABLE): a guard holds the
+    rest back unless told otherwise."""
+    guard = RedisGuard("test redis")
+    running = peak = 0
+
+    async def tracked() -> object:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return "ok"
+
+    calls = 3 * rediskit.POOL_SIZE
+    assert await asyncio.gather(*(guard.call(tracked) for _ in range(calls))) == ["ok"] * calls
+    assert peak == rediskit.GUARD_IN_FLIGHT < rediskit.POOL_SIZE
 
 
 async def test_a_cancelled_call_is_cancelled_not_a_failure():
