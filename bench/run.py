@@ -415,7 +415,7 @@ WATCH_KEYS = ("streams", "delay_p50_ms", "delay_p99_ms", "cpu_cores", "bytes_per
 #: The calls measured after a restart, and how the restart found the caches.
 WARM_REQUESTS = 200
 #: Rounds of the warm-start sets: a steady set, then each restart (run_warm_start).
-WARM_TRIALS = 3
+WARM_TRIALS = 5
 RESTARTS = (
     ("restarted", False, {}),
     ("restarted_redis_flushed", True, {}),

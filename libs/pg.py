@@ -26,7 +26,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -132,15 +132,47 @@ async def create_pool(
     )
 
 
-async def open_connections(pool: asyncpg.Pool, count: int) -> str:
+#: A statement of a service's hot path, with arguments for `prime`: it runs in
+#: a transaction that is rolled back, so any arguments the statement accepts
+#: will do (made-up ids: it may write, nothing of it stays).
+Primer = tuple[str, tuple[object, ...]]
+
+
+async def open_connections(pool: asyncpg.Pool, count: int, primers: Sequence[Primer] = ()) -> str:
     """Opens `count` of the pool's connections at once (it opens only
     `min_size` at start, the rest in the first busy moments, each connection
-    a few ms of handshake a caller waits for). They stay open while used and
-    close after max_inactive_connection_lifetime."""
+    a few ms of handshake a caller waits for), and primes each with
+    `primers` (`prime`). They stay open while used and close after
+    max_inactive_connection_lifetime."""
     held = await asyncio.gather(*(pool.acquire() for _ in range(count)))
-    for connection in held:
-        await pool.release(connection)
-    return f"{pool.get_size()} connections open"
+    try:
+        primed = [await prime(connection, primers) for connection in held]
+    finally:
+        for connection in held:
+            await pool.release(connection)
+    return f"{pool.get_size()} connections open, {sum(primed)} statements primed"
+
+
+async def prime(connection: asyncpg.Connection, primers: Sequence[Primer]) -> int:
+    """Runs each statement once on `connection`, each in a transaction that is
+    rolled back. A new backend's first run of a statement parses and plans it
+    and loads what it touches into its caches (catalogs, a PL/pgSQL function's
+    compiled body), and asyncpg prepares it: in traces of the first scans after
+    a restart, 3-5 ms against 1 ms warm (9 ms for the outbox's first DELETE).
+    Primed, the first calls on the connection run as warm ones do. A statement
+    that fails is logged and skipped. Returns how many ran."""
+    ran = 0
+    for sql, args in primers:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            await connection.fetch(sql, *args)
+            ran += 1
+        except (asyncpg.PostgresError, asyncpg.DataError) as exc:  # the statement, or its arguments
+            log.warning("priming a statement failed (%s): %s", exc, sql.split("\n", 1)[0])
+        finally:
+            await transaction.rollback()
+    return ran
 
 
 async def lazy_pool(dsn: str, *, max_size: int = 5, command_timeout: float = 5.0) -> asyncpg.Pool:

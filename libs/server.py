@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,8 +148,11 @@ class Runtime:
         *,
         min_size: int = 2,
         max_size: int = 10,
+        primers: Sequence[pg.Primer] = (),
     ) -> asyncpg.Pool:
-        """A pool on `dsn` once Postgres answers, with `schema` migrated."""
+        """A pool on `dsn` once Postgres answers, with `schema` migrated. The
+        warm-up opens the connections a busy moment uses, each primed with
+        the hot path's statements (`pg.prime`)."""
         try:
             await pg.wait_for(dsn, self.settings.startup_timeout_s)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -163,7 +166,7 @@ class Runtime:
                 raise StartupError(f"migrations of {schema}: {exc}") from exc
         self._probes.append(lambda: pool.fetchval("SELECT 1"))
         busy = max(min_size, max_size // 2)  # what a busy moment uses, opened before it
-        self.warm(f"postgres pool {schema}", lambda: pg.open_connections(pool, busy))
+        self.warm(f"postgres pool {schema}", lambda: pg.open_connections(pool, busy, primers))
         return pool
 
     async def read_route(self, replica: ReadReplica, primary: asyncpg.Pool) -> ReadRoute:

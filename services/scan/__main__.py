@@ -15,7 +15,7 @@ from services.scan.purge import LocationPurge
 from services.scan.redrive import Redrive
 from services.scan.server import ScanServicer, binding
 from services.scan.service import FlowSettings, ScanFlow
-from services.scan.store import ScanStore
+from services.scan.store import PRIMERS, ScanStore
 from services.score.client import ScoreClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -25,7 +25,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def running(config: ScanConfig) -> AsyncIterator[bootstrap.Runtime]:
     """The service, started and serving, until the block exits."""
     async with bootstrap.Runtime("scan", config.common) as runtime:
-        pool = await runtime.postgres(config.pg_dsn, "scan", MIGRATIONS, max_size=20)
+        pool = await runtime.postgres(
+            config.pg_dsn, "scan", MIGRATIONS, max_size=20, primers=PRIMERS
+        )
         redis = await runtime.redis(config.redis_url, CONTRACT, "SCAN_REDIS_URL")
         store = ScanStore(
             pool,

@@ -13,14 +13,14 @@ a row without one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from opentelemetry import trace
 
 from libs import worklog
 from libs.batching import Batcher
-from libs.pg import unavailable_when_down
+from libs.pg import Primer, unavailable_when_down
 from libs.pgreads import ReadRoute
 from services.scan.model import PLAUSIBLE, Answer, Outcome, Position, ScanInput, ScanRecord, Status
 
@@ -130,6 +130,40 @@ _APPLY_MANY = f"""WITH v AS (
     RETURNING {", ".join("s." + c.strip() for c in _COLUMNS.split(","))}"""
 
 
+#: One new scan, and the player's last plausible applied scan (as `_INSERT_MANY`).
+_INSERT_ONE = f"""WITH previous AS (
+        SELECT lat AS p_lat, lon AS p_lon, accuracy_m AS p_acc, scanned_at AS p_at
+        FROM scan.scans
+        WHERE player_id = $2 AND status = 'applied' AND outcome = ANY($12::text[])
+        ORDER BY scan_id DESC LIMIT 1),
+    inserted AS (
+        INSERT INTO scan.scans (scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon,
+            accuracy_m, scanned_at, next_attempt_at, traceparent, attempts)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + $10::interval, $11, 1)
+        ON CONFLICT (player_id, hunt_id, client_scan_id) DO NOTHING
+        RETURNING {_COLUMNS})
+    SELECT * FROM inserted LEFT JOIN previous ON true"""
+
+#: One answer, applied where the row is still 'received' (as `_APPLY_MANY`).
+_APPLY_ONE = f"""UPDATE scan.scans SET status = 'applied', outcome = $2, points_awarded = $3,
+        total_points = $4, checkpoint_id = $5, checkpoint_name = $6, first_finder = $7,
+        applied_at = now(), last_error = '', hunt_ends_at = $8
+    WHERE scan_id = $1 AND status = 'received'
+    RETURNING {_COLUMNS}"""
+
+_MADE_UP = "~prime"  # no id of ours looks like this (libs.validate)
+_LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+#: SubmitScan's statements, primed on each connection the warm-up opens
+#: (libs.pg.prime): one and many (a batch of none) of each.
+PRIMERS: tuple[Primer, ...] = (
+    (_INSERT_ONE, (*[_MADE_UP] * 5, 0.0, 0.0, 0.0, _LONG_AGO, timedelta(0), "", _PLAUSIBLE)),
+    (_INSERT_MANY, (*[[]] * 11, _PLAUSIBLE)),
+    (_APPLY_ONE, (_MADE_UP, Outcome.UNLOCKED.value, 0, 0, "", "", False, None)),
+    (_APPLY_MANY, tuple([[]] * 8)),
+)
+
+
 @dataclass(frozen=True)
 class _NewScan:
     scan_id: str
@@ -237,18 +271,7 @@ class ScanStore:
         self, scan_id: str, scan: ScanInput, lease: timedelta, traceparent: str
     ) -> tuple[ScanRecord, Position | None] | None:
         row = await self._pool.fetchrow(
-            f"""WITH previous AS (
-                    SELECT lat AS p_lat, lon AS p_lon, accuracy_m AS p_acc, scanned_at AS p_at
-                    FROM scan.scans
-                    WHERE player_id = $2 AND status = 'applied' AND outcome = ANY($12::text[])
-                    ORDER BY scan_id DESC LIMIT 1),
-                inserted AS (
-                    INSERT INTO scan.scans (scan_id, player_id, client_scan_id, hunt_id, tag_id, lat, lon,
-                        accuracy_m, scanned_at, next_attempt_at, traceparent, attempts)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + $10::interval, $11, 1)
-                    ON CONFLICT (player_id, hunt_id, client_scan_id) DO NOTHING
-                    RETURNING {_COLUMNS})
-                SELECT * FROM inserted LEFT JOIN previous ON true""",
+            _INSERT_ONE,
             scan_id,
             scan.player_id,
             scan.client_scan_id,
@@ -330,11 +353,7 @@ class ScanStore:
     @unavailable_when_down("apply the scan")
     async def _apply_one(self, answer: Answer, hunt_ends_at: datetime | None) -> ScanRecord:
         row = await self._pool.fetchrow(
-            f"""UPDATE scan.scans SET status = 'applied', outcome = $2, points_awarded = $3,
-                    total_points = $4, checkpoint_id = $5, checkpoint_name = $6, first_finder = $7,
-                    applied_at = now(), last_error = '', hunt_ends_at = $8
-                WHERE scan_id = $1 AND status = 'received'
-                RETURNING {_COLUMNS}""",
+            _APPLY_ONE,
             answer.scan_id,
             answer.outcome.value if answer.outcome else None,
             answer.points_awarded,

@@ -15,7 +15,7 @@ from services.score.config import ScoreConfig
 from services.score.outbox import OutboxDelivery
 from services.score.server import ScoreServicer, binding
 from services.score.service import Scores
-from services.score.store import ScoreStore
+from services.score.store import PRIMERS, ScoreStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,6 +33,7 @@ async def running(
             MIGRATIONS,
             min_size=config.pg_pool_min,
             max_size=config.pg_pool_max,
+            primers=PRIMERS,
         )
         redis = await runtime.redis(config.redis_url, CONTRACT, "SCORE_REDIS_URL")
         store = ScoreStore(pool, batch_size=config.unlock_batch, tracer=runtime.telemetry.tracer)

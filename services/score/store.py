@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from opentelemetry import trace
@@ -88,6 +88,20 @@ SELECT count(*) AS depth,
        coalesce(extract(epoch FROM now() - (SELECT created_at FROM score.outbox
                                               ORDER BY id LIMIT 1)), 0)::float8 AS age
   FROM score.outbox"""
+
+
+_MADE_UP = "~prime"  # no id of ours looks like this (libs.validate)
+
+#: Unlock's and the outbox relay's statements, primed on each connection the
+#: warm-up opens (libs.pg.prime): an Unlock of made-up ids runs score.unlock()
+#: (so its PL/pgSQL is compiled) and is rolled back; the batch, the claim and
+#: the acknowledgement run on nothing.
+PRIMERS: tuple[pg.Primer, ...] = (
+    (_UNLOCK, (*[_MADE_UP] * 4, 0, 0, datetime(2000, 1, 1, tzinfo=UTC), "", "")),
+    (_UNLOCK_MANY, tuple([[]] * 9)),
+    (_CLAIM, (0, worklog.WORKER)),
+    (_ACK, ([],)),
+)
 
 
 def _scan_id_reused(_exc: BaseException) -> errors.ServiceError:
