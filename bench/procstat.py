@@ -41,6 +41,22 @@ def postgres_cpu_seconds(postmaster: int) -> float:
     return total
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far, by kind, in ticks (/proc/stat's first
+    line): user, nice, system, idle, iowait, irq, softirq, steal."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """The share of the machine's CPU time between two `cpu_times()` that the
+    hypervisor gave to other guests (0 to 1). This machine is a shared VM:
+    its benchmarks ran up to 3x slower on some days and within the hour, and
+    this is where it shows (36% in the worst 5 s sampled on 2026-12-07)."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    return spent[7] / total if total else 0.0
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (/proc/PID/status, VmRSS, in KiB)."""
     return _status(pid, "VmRSS") * 1024

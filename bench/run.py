@@ -8,7 +8,7 @@ the best rate it reached (overload: goodput, the latency of what was
 accepted, and how fast the rest was refused; no refused scan may be
 recorded), and at half of it over 1 and over 100 client connections. At
 half of it too, the first 200 scans after every service restarted (warm
-start; also with every Redis flushed, with and without the warm-up).
+start, with and without the warm-up; also with every Redis flushed).
 Then it restarts the services exporting their spans (OTLP) to a sink in its
 own process, as to Jaeger, and measures again: every span, then one trace in
 ten. In the same run it measures the floor: a bare grpc.aio echo server and
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import redis
 
-from bench.procstat import cpu_seconds, parent, postgres_cpu_seconds
+from bench.procstat import cpu_seconds, cpu_times, parent, postgres_cpu_seconds, steal_share
 from tools.localinfra import create_database, drop_database, find_postgres, free_port, stop_pid
 from tools.stack import Stack
 
@@ -52,7 +52,10 @@ def loadgen(target: str, addr: str, *, rate: float | None = None, concurrency: i
                "--connections", str(connections), "--keep-latencies"]  # fmt: skip
     options += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
     options += ["--requests", str(requests)] if requests else []
-    return run_module("bench.loadgen", *options, timeout=duration + 120)
+    before = cpu_times()
+    result = run_module("bench.loadgen", *options, timeout=duration + 120)
+    result["steal_pct"] = round(100 * steal_share(before, cpu_times()), 1)
+    return result
 
 
 def run_module(module: str, *options: str, timeout: float, show_stderr: bool = False) -> dict:
@@ -79,6 +82,7 @@ def describe(result: dict) -> str:
         f"p90 {result['p90_ms']:6.2f}  p99 {result['p99_ms']:6.2f}  p99.9 {result['p999_ms']:7.2f} ms  "
         f"errors {result['errors']} (shed {result['shed']}, shed p99 {result['shed_p99_ms']:.2f} ms; "
         f"dropped {result['dropped']}, p99 {result['dropped_p99_ms']:.2f} ms)"
+        f"  steal {result.get('steal_pct', 0):.0f}%"
     )
 
 
@@ -418,6 +422,7 @@ WARM_REQUESTS = 200
 WARM_TRIALS = 5
 RESTARTS = (
     ("restarted", False, {}),
+    ("restarted_no_warmup", False, {"WARMUP_TIMEOUT_S": "0"}),
     ("restarted_redis_flushed", True, {}),
     ("restarted_redis_flushed_no_warmup", True, {"WARMUP_TIMEOUT_S": "0"}),
 )
@@ -425,9 +430,9 @@ RESTARTS = (
 
 def run_warm_start(stack: Stack, rate: float) -> dict:
     """The first WARM_REQUESTS scans after every service restarted (each
-    SERVING once warm), open loop at `rate`, against as many in steady state;
-    then the same with every Redis flushed as well (a cold cache tier), with
-    and without the warm-up. Each set comes from a new load generator with no
+    SERVING once warm), open loop at `rate`, against as many in steady state,
+    with and without the warm-up; then the same with every Redis flushed as
+    well (a cold cache tier). Each set comes from a new load generator with no
     warm-up calls, so the client's own first calls weigh in all of them alike.
 
     One set's p99 is its second-slowest call, and on this shared machine two
@@ -440,7 +445,8 @@ def run_warm_start(stack: Stack, rate: float) -> dict:
         r = loadgen("scan", stack.addr("scan"), rate=rate, duration=0, warmup=0,
                     requests=WARM_REQUESTS)  # fmt: skip
         return {
-            key: r[key] for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms", "outcomes")
+            key: r[key]
+            for key in ("count", "errors", "p50_ms", "p99_ms", "max_ms", "outcomes", "steal_pct")
         }
 
     steady: list[dict] = []
@@ -843,8 +849,11 @@ def write_summary(report: dict, reads: dict) -> None:
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
         f"{report['machine']['memory_gib']} GiB, Python {report['machine']['python']}. Everything on this one machine.",
         "",
-        "| run | load | achieved /s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Steal: the share of the machine's CPU the hypervisor gave to other guests during"
+        " the run (this is a shared VM; a run with much of it measured a slower machine).",
+        "",
+        "| run | load | achieved /s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | steal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in scan_runs + floor:
         load = (
@@ -856,7 +865,7 @@ def write_summary(report: dict, reads: dict) -> None:
             load += f" ({r['variant']})"
         lines.append(
             f"| {r['target']} | {load} | {r['rate_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} |"
+            f"{r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {r['errors']} | {r.get('steal_pct', 0):.0f}% |"
         )
     lines += [
         "",
