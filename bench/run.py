@@ -257,8 +257,8 @@ def run_scan_bench(args: argparse.Namespace, admin_dsn: str,
                     if variant == "pending_bound":
                         run["pending_bound"] = BOUNDED_PENDING
             finally:
-                for name in env:
-                    stack.extra_env.pop(name)
+                for setting in env:  # not `name`: that is the database's, dropped below
+                    stack.extra_env.pop(setting)
                 asyncio.run(stack.restart("scan"))
                 pids["scan"] = stack.pids()["scan"]
         warm = run_warm_start(stack, round(0.5 * capacity))
