@@ -180,20 +180,25 @@ async def test_a_success_closes_the_breaker_and_a_zero_breaker_never_opens():
     assert not never.is_open() and not never.tripped
 
 
-async def test_max_in_flight_bounds_concurrent_calls_within_their_budget():
-    guard = RedisGuard("test redis", timeout_s=1.0, max_in_flight=2)
-    running = peak = 0
+class _Concurrency:
+    """Calls that take 10 ms each; `peak`: the most that ran at once."""
 
-    async def tracked() -> object:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+    def __init__(self) -> None:
+        self.running = self.peak = 0
+
+    async def one(self) -> object:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
         await asyncio.sleep(0.01)
-        running -= 1
+        self.running -= 1
         return "ok"
 
-    assert await asyncio.gather(*(guard.call(tracked) for _ in range(6))) == ["ok"] * 6
-    assert peak == 2
+
+async def test_max_in_flight_bounds_concurrent_calls_within_their_budget():
+    guard = RedisGuard("test redis", timeout_s=1.0, max_in_flight=2)
+    calls = _Concurrency()
+    assert await asyncio.gather(*(guard.call(calls.one) for _ in range(6))) == ["ok"] * 6
+    assert calls.peak == 2
     # waiting for a slot counts against the budget
     hold = asyncio.Event()
     blockers = [asyncio.ensure_future(guard.call(hold.wait)) for _ in range(2)]
@@ -208,19 +213,10 @@ async def test_by_default_a_guard_stays_below_the_pool():
     WatchTop streams opening at once failed UNAVAILABLE): a guard holds the
     rest back unless told otherwise."""
     guard = RedisGuard("test redis")
-    running = peak = 0
-
-    async def tracked() -> object:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.01)
-        running -= 1
-        return "ok"
-
-    calls = 3 * rediskit.POOL_SIZE
-    assert await asyncio.gather(*(guard.call(tracked) for _ in range(calls))) == ["ok"] * calls
-    assert peak == rediskit.GUARD_IN_FLIGHT < rediskit.POOL_SIZE
+    calls = _Concurrency()
+    many = 3 * rediskit.POOL_SIZE
+    assert await asyncio.gather(*(guard.call(calls.one) for _ in range(many))) == ["ok"] * many
+    assert calls.peak == rediskit.GUARD_IN_FLIGHT < rediskit.POOL_SIZE
 
 
 async def test_a_cancelled_call_is_cancelled_not_a_failure():
