@@ -51,7 +51,7 @@ def steal_share(before: list[int], after: list[int]) -> float:
     """The share of the machine's CPU time between two `cpu_times()` that the
     hypervisor gave to other guests (0 to 1). This machine is a shared VM:
     its benchmarks ran up to 3x slower on some days and within the hour, and
-    this is where it shows (36% in the worst 5 s sampled on 2026-12-07)."""
+    this is where it shows (up to 42% of a whole load run on 2026-12-07)."""
     spent = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(spent)
     return spent[7] / total if total else 0.0
