@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -136,6 +137,11 @@ async def create_pool(
 #: a transaction that is rolled back, so any arguments the statement accepts
 #: will do (made-up ids: it may write, nothing of it stays).
 Primer = tuple[str, tuple[object, ...]]
+#: An id for a primer's arguments: no id of ours looks like this (libs.validate),
+#: so a primed write can meet no real row.
+PRIME_ID = "~prime"
+#: A time for a primer's arguments.
+PRIME_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 async def open_connections(pool: asyncpg.Pool, count: int, primers: Sequence[Primer] = ()) -> str:

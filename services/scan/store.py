@@ -13,14 +13,14 @@ a row without one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 from opentelemetry import trace
 
 from libs import worklog
 from libs.batching import Batcher
-from libs.pg import Primer, unavailable_when_down
+from libs.pg import PRIME_ID, PRIME_TIME, Primer, unavailable_when_down
 from libs.pgreads import ReadRoute
 from services.scan.model import PLAUSIBLE, Answer, Outcome, Position, ScanInput, ScanRecord, Status
 
@@ -151,15 +151,12 @@ _APPLY_ONE = f"""UPDATE scan.scans SET status = 'applied', outcome = $2, points_
     WHERE scan_id = $1 AND status = 'received'
     RETURNING {_COLUMNS}"""
 
-_MADE_UP = "~prime"  # no id of ours looks like this (libs.validate)
-_LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
-
 #: SubmitScan's statements, primed on each connection the warm-up opens
 #: (libs.pg.prime): one and many (a batch of none) of each.
 PRIMERS: tuple[Primer, ...] = (
-    (_INSERT_ONE, (*[_MADE_UP] * 5, 0.0, 0.0, 0.0, _LONG_AGO, timedelta(0), "", _PLAUSIBLE)),
+    (_INSERT_ONE, (*[PRIME_ID] * 5, 0.0, 0.0, 0.0, PRIME_TIME, timedelta(0), "", _PLAUSIBLE)),
     (_INSERT_MANY, (*[[]] * 11, _PLAUSIBLE)),
-    (_APPLY_ONE, (_MADE_UP, Outcome.UNLOCKED.value, 0, 0, "", "", False, None)),
+    (_APPLY_ONE, (PRIME_ID, Outcome.UNLOCKED.value, 0, 0, "", "", False, None)),
     (_APPLY_MANY, tuple([[]] * 8)),
 )
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 from opentelemetry import trace
@@ -90,14 +90,12 @@ SELECT count(*) AS depth,
   FROM score.outbox"""
 
 
-_MADE_UP = "~prime"  # no id of ours looks like this (libs.validate)
-
 #: Unlock's and the outbox relay's statements, primed on each connection the
 #: warm-up opens (libs.pg.prime): an Unlock of made-up ids runs score.unlock()
 #: (so its PL/pgSQL is compiled) and is rolled back; the batch, the claim and
 #: the acknowledgement run on nothing.
 PRIMERS: tuple[pg.Primer, ...] = (
-    (_UNLOCK, (*[_MADE_UP] * 4, 0, 0, datetime(2000, 1, 1, tzinfo=UTC), "", "")),
+    (_UNLOCK, (*[pg.PRIME_ID] * 4, 0, 0, pg.PRIME_TIME, "", "")),
     (_UNLOCK_MANY, tuple([[]] * 9)),
     (_CLAIM, (0, worklog.WORKER)),
     (_ACK, ([],)),
